@@ -1,0 +1,268 @@
+"""Hardware profiles: one TOML file per chip, loaded into a frozen, validated dataclass.
+
+A profile holds facts about a chip that the cost model needs. Every number in a shipped TOML
+carries a comment naming its source (datasheet, compiler source) or saying it is an assumption.
+
+Example::
+
+    >>> p = load_profile("ethos-u55-256")
+    >>> p.compute.macs_per_cycle, p.tiling.tile_out
+    (256, 8)
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+from ..errors import ProfileError
+
+SCHEMA_VERSION = 1
+DEFAULT_PROFILE = "generic-4tops"
+
+
+class DType(str, enum.Enum):
+    """Arithmetic type of weights and activations on the chip."""
+
+    INT8 = "int8"
+    INT16 = "int16"
+    FP16 = "fp16"
+    FP32 = "fp32"
+
+    @property
+    def bytes(self) -> int:
+        return {"int8": 1, "int16": 2, "fp16": 2, "fp32": 4}[self.value]
+
+    @property
+    def bias_bytes(self) -> int:
+        # Integer NPUs keep bias at accumulator width: int8 -> int32, int16 -> int64
+        # (Ethos-U: 32-bit / 40-bit accumulators, stored as int32 / int64 in TFLite). Floats keep dtype.
+        return {"int8": 4, "int16": 8, "fp16": 2, "fp32": 4}[self.value]
+
+
+@dataclass(frozen=True)
+class Compute:
+    macs_per_cycle: int  # MAC array throughput, multiply-accumulates per clock
+    clock_hz: float
+    dtype: DType
+    vector_ops_per_cycle: int  # elementwise / pooling throughput, elements per clock
+
+
+@dataclass(frozen=True)
+class Tiling:
+    tile_out: int  # output channels the MAC array consumes at once
+    tile_in: int  # input channels the MAC array consumes at once
+    block: tuple[int, int]  # (bo, bi) weight block shape used by block pruning
+
+
+@dataclass(frozen=True)
+class Memory:
+    sram_bytes: int  # on-chip buffer for activations
+    dram_bandwidth_bytes_per_s: float  # off-chip (DRAM / flash) read bandwidth
+    weight_compression: str = ""  # notes on the compiler's weight encoding
+
+
+@dataclass(frozen=True)
+class Sparsity:
+    block_skip: bool  # hardware skips all-zero packed blocks (compute scales with density)
+    nm: tuple[str, ...]  # N:M patterns the hardware accelerates, e.g. ("2:4",)
+    index_bytes: int  # bytes of index stored per kept block
+    nm_index_bits: int  # bits of index stored per kept weight in N:M format
+
+
+@dataclass(frozen=True)
+class Overhead:
+    layer_cycles: int  # fixed cycles per executed layer (command setup, DMA start)
+
+
+@dataclass(frozen=True)
+class HardwareProfile:
+    """A chip, as the cost model sees it. Frozen; compare with ``==``."""
+
+    schema_version: int
+    name: str
+    description: str
+    source: str
+    compute: Compute
+    tiling: Tiling
+    memory: Memory
+    sparsity: Sparsity
+    overhead: Overhead
+
+    @property
+    def peak_macs_per_s(self) -> float:
+        return self.compute.macs_per_cycle * self.compute.clock_hz
+
+    def to_dict(self) -> dict[str, Any]:
+        def conv(v: Any) -> Any:
+            if isinstance(v, enum.Enum):
+                return v.value
+            if isinstance(v, tuple):
+                return list(v)
+            return v
+
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if dataclasses.is_dataclass(v):
+                out[f.name] = {g.name: conv(getattr(v, g.name)) for g in fields(v)}
+            else:
+                out[f.name] = conv(v)
+        return out
+
+    def to_toml(self) -> str:
+        """TOML text that :func:`load_profile` reads back into an equal profile."""
+        top = [k for k, v in self.to_dict().items() if not isinstance(v, dict)]
+        d = self.to_dict()
+        lines = [f"{k} = {_toml_value(d[k])}" for k in top]
+        for section, body in d.items():
+            if isinstance(body, dict):
+                lines.append(f"\n[{section}]")
+                lines += [f"{k} = {_toml_value(v)}" for k, v in body.items()]
+        return "\n".join(lines) + "\n"
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {type(v).__name__} to TOML")
+
+
+# ---------------------------------------------------------------- validation
+
+_SECTIONS: dict[str, type] = {
+    "compute": Compute, "tiling": Tiling, "memory": Memory, "sparsity": Sparsity, "overhead": Overhead,
+}
+_TOP = ("schema_version", "name", "description", "source")
+
+
+def _check_number(where: str, key: str, v: Any, kind: type, positive: bool = True) -> Any:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
+        raise ProfileError(f"{where}: key '{key}' must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if positive and not v > 0:
+        raise ProfileError(f"{where}: key '{key}' must be > 0, got {v!r}")
+    if not positive and v < 0:
+        raise ProfileError(f"{where}: key '{key}' must be >= 0, got {v!r}")
+    return v
+
+
+def _parse_section(where: str, name: str, body: Any) -> Any:
+    cls = _SECTIONS[name]
+    if not isinstance(body, dict):
+        raise ProfileError(f"{where}: '{name}' must be a table [{name}], got {type(body).__name__}")
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(body) - set(known))
+    if unknown:
+        raise ProfileError(f"{where}: unknown key '{name}.{unknown[0]}'; allowed keys in [{name}]: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    for key, f in known.items():
+        qual = f"{name}.{key}"
+        if key not in body:
+            if f.default is not dataclasses.MISSING:
+                continue
+            raise ProfileError(f"{where}: missing key '{qual}'")
+        values[key] = _parse_value(where, qual, key, body[key])
+    return cls(**values)
+
+
+def _parse_value(where: str, qual: str, key: str, v: Any) -> Any:
+    if key == "dtype":
+        allowed = [d.value for d in DType]
+        if v not in allowed:
+            raise ProfileError(f"{where}: key '{qual}' = {v!r} is not a known dtype; allowed: {', '.join(allowed)}")
+        return DType(v)
+    if key == "block":
+        if not (isinstance(v, list) and len(v) == 2):
+            raise ProfileError(f"{where}: key '{qual}' must be a list of two positive integers [bo, bi], got {v!r}")
+        return tuple(_check_number(where, qual, x, int) for x in v)
+    if key == "nm":
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ProfileError(f"{where}: key '{qual}' must be a list of 'N:M' strings, got {v!r}")
+        for x in v:
+            parts = x.split(":")
+            if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
+                raise ProfileError(f"{where}: key '{qual}' entry {x!r} is not 'N:M' with 0 < N < M")
+        return tuple(v)
+    if key in ("block_skip",):
+        if not isinstance(v, bool):
+            raise ProfileError(f"{where}: key '{qual}' must be true or false, got {v!r}")
+        return v
+    if key in ("weight_compression",):
+        if not isinstance(v, str):
+            raise ProfileError(f"{where}: key '{qual}' must be a string, got {v!r}")
+        return v
+    if key in ("clock_hz", "dram_bandwidth_bytes_per_s"):
+        return float(_check_number(where, qual, v, float))
+    if key in ("layer_cycles", "index_bytes", "nm_index_bits"):
+        return _check_number(where, qual, v, int, positive=False)
+    return _check_number(where, qual, v, int)
+
+
+def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwareProfile:
+    """Validate a parsed TOML document. ``where`` names the file in error messages."""
+    unknown = sorted(set(data) - set(_TOP) - set(_SECTIONS))
+    if unknown:
+        allowed = ", ".join(list(_TOP) + [f"[{s}]" for s in _SECTIONS])
+        raise ProfileError(f"{where}: unknown key '{unknown[0]}'; allowed top-level keys: {allowed}")
+    for key in _TOP + tuple(_SECTIONS):
+        if key not in data:
+            raise ProfileError(f"{where}: missing key '{key}'")
+    if data["schema_version"] != SCHEMA_VERSION:
+        raise ProfileError(
+            f"{where}: key 'schema_version' = {data['schema_version']!r}; this version of npu_compress reads {SCHEMA_VERSION}")
+    for key in ("name", "description", "source"):
+        if not isinstance(data[key], str) or not data[key].strip():
+            raise ProfileError(f"{where}: key '{key}' must be a non-empty string, got {data[key]!r}")
+    sections = {name: _parse_section(where, name, data[name]) for name in _SECTIONS}
+    return HardwareProfile(SCHEMA_VERSION, data["name"], data["description"], data["source"], **sections)
+
+
+# ---------------------------------------------------------------- loading
+
+def profile_dir() -> Path:
+    """The folder of shipped profiles: ``hw_profiles/`` in a checkout, or the installed copy."""
+    repo = Path(__file__).resolve().parents[2] / "hw_profiles"
+    if repo.is_dir():
+        return repo
+    from importlib import resources
+
+    return Path(str(resources.files("npu_compress.hw_profiles")))
+
+
+def list_profiles() -> list[str]:
+    """Names of the shipped profiles, sorted."""
+    return sorted(p.stem for p in profile_dir().glob("*.toml"))
+
+
+def load_profile(name_or_path: str | Path | HardwareProfile = DEFAULT_PROFILE) -> HardwareProfile:
+    """Load a shipped profile by name (``"ethos-u55-256"``) or any profile TOML by path."""
+    if isinstance(name_or_path, HardwareProfile):
+        return name_or_path
+    text = str(name_or_path)
+    path = Path(text)
+    if not (text.endswith(".toml") or path.is_file()):
+        path = profile_dir() / f"{text}.toml"
+        if not path.is_file():
+            raise ProfileError(f"unknown profile '{text}'; shipped profiles: {', '.join(list_profiles())} "
+                               "(or give a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such profile file") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ProfileError(f"{path}: not valid TOML: {e}") from None
+    return profile_from_dict(data, where=str(path))

@@ -1,0 +1,16 @@
+"""npu_compress: prune PyTorch models to a latency or memory budget of a specific NPU.
+
+    import npu_compress as nc
+    profile = nc.load_profile("ethos-u55-256")
+    report = nc.estimate(model, example_input, profile)
+    budget = nc.Budget.parse("latency=50%")
+"""
+from ._version import __version__
+from .errors import (BudgetError, DataError, ModelSpecError, NpuCompressError, ProfileError, TraceError,
+                     VerificationError)
+from .hardware import (Budget, BudgetKind, CostReport, HardwareProfile, LayerSpec, WeightFormat, estimate,
+                       layer_cost, list_profiles, load_profile, trace_layers)
+
+__all__ = ["__version__", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "HardwareProfile",
+           "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "TraceError", "VerificationError",
+           "WeightFormat", "estimate", "layer_cost", "list_profiles", "load_profile", "trace_layers"]

@@ -1,0 +1,226 @@
+"""The NPU cost model (DESIGN §3): latency and memory of a model on a hardware profile.
+
+Per layer, channels padded to the profile's tiles::
+
+    macs_pad  = ceil(c_out/tile_out)*tile_out * ceil(c_in/tile_in)*tile_in * kh*kw * h_out*w_out / groups
+    t_compute = macs_pad / (macs_per_cycle * clock_hz)           (vector unit for elementwise/pooling)
+    t_memory  = (weight_bytes_packed + activation bytes spilled past SRAM) / dram_bandwidth
+    latency   = sum over layers of max(t_compute, t_memory) + layer_cycles / clock_hz
+    memory    = sum of weight_bytes_packed
+
+A layer's activations spill when its input plus output activations exceed ``sram_bytes``.
+Depthwise convs pad only the output channels (one input channel per output).
+Fused layers (see :mod:`.layers`) cost nothing.
+
+Example::
+
+    >>> report = estimate(model, torch.randn(1, 3, 32, 32), load_profile("ethos-u55-256"))
+    >>> report.latency_s, report.memory_bytes
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from torch import nn
+
+from .dispatch_trace import trace_ops
+from .layers import LayerSpec, layers_from_records, peak_activation_elems
+from .ops import OpKind, OpRecord
+from .profile import HardwareProfile, load_profile
+
+# Vector-unit element operations per output element, by op (assumption: simple per-element
+# pipelines; normalisation reads twice: statistics, then scale).
+_VECTOR_PASSES = {OpKind.NORM: 2, OpKind.ELEMENTWISE: 1, OpKind.POOL: 1}
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """How a layer's weights are stored: dense, packed blocks, or N:M.
+
+    ``density`` is the kept fraction of blocks (block) or is N/M (nm).
+    """
+
+    kind: str = "dense"  # "dense" | "block" | "nm"
+    density: float = 1.0
+    n: int = 0
+    m: int = 0
+
+
+DENSE = WeightFormat()
+
+
+@dataclass(frozen=True)
+class LayerCost:
+    name: str
+    op: str
+    kind: str
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    macs: int
+    macs_padded: int
+    weight_bytes: int
+    spilled_bytes: int
+    t_compute_s: float
+    t_memory_s: float
+    latency_s: float
+    bound: str  # "compute" | "memory" | "fused"
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """What :func:`estimate` returns. JSON (``to_dict``) uses the same names."""
+
+    profile: str
+    latency_s: float
+    memory_bytes: int  # what a memory budget counts: packed weight bytes
+    weight_bytes: int
+    peak_activation_bytes: int
+    macs: int
+    params: int
+    layers: tuple[LayerCost, ...] = field(repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["layers"] = [dataclasses.asdict(layer) for layer in self.layers]
+        return d
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def table(self, show_fused: bool = False) -> str:
+        """A per-layer table for people, then the totals."""
+        head = f"{'layer':<28} {'op':<14} {'out shape':<18} {'MACs(pad)':>11} {'weights':>9} " \
+               f"{'compute us':>10} {'memory us':>9} {'bound':>7}"
+        rows = [head, "-" * len(head)]
+        for c in self.layers:
+            if c.bound == "fused" and not show_fused:
+                continue
+            rows.append(f"{c.name[-28:]:<28} {c.op[:14]:<14} {str(c.out_shape)[:18]:<18} {c.macs_padded:>11,} "
+                        f"{_fmt_bytes(c.weight_bytes):>9} {c.t_compute_s * 1e6:>10.2f} {c.t_memory_s * 1e6:>9.2f} "
+                        f"{c.bound:>7}")
+        rows.append("-" * len(head))
+        rows.append(f"profile {self.profile}: latency {self.latency_s * 1e3:.4f} ms, memory {_fmt_bytes(self.memory_bytes)}"
+                    f", peak activations {_fmt_bytes(self.peak_activation_bytes)}, {self.macs:,} MACs, "
+                    f"{self.params:,} params")
+        return "\n".join(rows)
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit, scale in (("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:.1f}{unit}"
+    return f"{n}B"
+
+
+def _pad(c: int, tile: int) -> int:
+    return math.ceil(c / tile) * tile
+
+
+def padded_macs(spec: LayerSpec, profile: HardwareProfile) -> tuple[int, int]:
+    """(true MACs, tile-padded MACs) of a MAC-array layer; (0, 0) for others."""
+    to, ti = profile.tiling.tile_out, profile.tiling.tile_in
+    if spec.kind == OpKind.ATTENTION:  # q @ k^T (L x d x S), then attn @ v (L x S x dv)
+        rows = spec.spatial
+        true = rows * spec.extra * (spec.c_in + spec.c_out)
+        return true, rows * (_pad(spec.extra, to) * _pad(spec.c_in, ti) + _pad(spec.c_out, to) * _pad(spec.extra, ti))
+    if not spec.kind.uses_mac_array:
+        return 0, 0
+    per_group_in = spec.c_in // max(spec.groups, 1)
+    true = spec.c_out * per_group_in * spec.kernel * spec.spatial
+    if spec.depthwise:
+        return true, _pad(spec.c_out, to) * per_group_in * spec.kernel * spec.spatial
+    pad = _pad(spec.c_out, to) * _pad(spec.c_in, ti) * spec.kernel * spec.spatial // max(spec.groups, 1)
+    return true, pad
+
+
+def weight_bytes(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DENSE) -> int:
+    """Stored bytes of a layer's weights in the given format, bias at accumulator width."""
+    if spec.fused or spec.weight_param is None:
+        return 0
+    dt = profile.compute.dtype
+    bias = spec.c_out * dt.bias_bytes if spec.has_bias else 0
+    if spec.kind == OpKind.NORM:
+        return spec.weight_count * dt.bytes
+    if fmt.kind == "block":
+        bo, bi = profile.tiling.block
+        total = math.ceil(spec.c_out / bo) * math.ceil(spec.c_in // max(spec.groups, 1) * spec.kernel / bi)
+        kept = round(fmt.density * total)
+        return kept * (bo * bi * dt.bytes + profile.sparsity.index_bytes) + bias
+    if fmt.kind == "nm":
+        kept = math.ceil(spec.weight_count * fmt.n / fmt.m)
+        return kept * dt.bytes + math.ceil(kept * profile.sparsity.nm_index_bits / 8) + bias
+    return spec.weight_count * dt.bytes + bias
+
+
+def _compute_fraction(profile: HardwareProfile, fmt: WeightFormat) -> float:
+    """Share of MAC-array work the hardware still does for a sparse weight format."""
+    if fmt.kind == "block" and profile.sparsity.block_skip:
+        return fmt.density
+    if fmt.kind == "nm" and f"{fmt.n}:{fmt.m}" in profile.sparsity.nm:
+        return fmt.n / fmt.m
+    return 1.0
+
+
+def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DENSE) -> LayerCost:
+    """Cost of one layer. Call with ``spec.resized(c_in=..., c_out=...)`` for a pruned layer."""
+    clock = profile.compute.clock_hz
+    macs, macs_pad = padded_macs(spec, profile)
+    macs_pad = round(macs_pad * _compute_fraction(profile, fmt))
+    wbytes = weight_bytes(spec, profile, fmt)
+    if spec.fused:
+        return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
+                         0.0, 0.0, 0.0, "fused")
+    act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes
+    spilled = act_bytes if act_bytes > profile.memory.sram_bytes else 0
+    if spec.kind.uses_mac_array:
+        t_compute = macs_pad / profile.peak_macs_per_s
+        if spec.kind == OpKind.ATTENTION:  # softmax over the L x S scores on the vector unit
+            t_compute += spec.spatial * spec.extra / (profile.compute.vector_ops_per_cycle * clock)
+    else:
+        elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
+        t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
+    t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
+    latency = max(t_compute, t_memory) + profile.overhead.layer_cycles / clock
+    return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
+                     spilled, t_compute, t_memory, latency, "compute" if t_compute >= t_memory else "memory")
+
+
+def report_from_layers(layers: Iterable[LayerSpec], profile: HardwareProfile, peak_elems: int, params: int,
+                       formats: dict[str, WeightFormat] | None = None) -> CostReport:
+    """Sum layer costs into a report. ``formats`` maps weight parameter names to their storage."""
+    formats = formats or {}
+    costs = tuple(layer_cost(s, profile, formats.get(s.weight_param or "", DENSE)) for s in layers)
+    wbytes = sum(c.weight_bytes for c in costs)
+    return CostReport(profile=profile.name, latency_s=sum(c.latency_s for c in costs), memory_bytes=wbytes,
+                      weight_bytes=wbytes, peak_activation_bytes=peak_elems * profile.compute.dtype.bytes,
+                      macs=sum(c.macs for c in costs), params=params, layers=costs)
+
+
+def report_from_records(records: list[OpRecord], profile: HardwareProfile, params: int,
+                        formats: dict[str, WeightFormat] | None = None) -> CostReport:
+    return report_from_layers(layers_from_records(records), profile, peak_activation_elems(records), params, formats)
+
+
+def estimate(model: nn.Module, example_inputs: Any, profile: HardwareProfile | str | None = None,
+             formats: dict[str, WeightFormat] | None = None) -> CostReport:
+    """Predicted latency and memory of ``model`` on ``profile`` (name, path or profile; default generic-4tops).
+
+    ``formats`` gives packed storage (block / N:M) per weight parameter name; dense otherwise.
+    """
+    profile = load_profile(profile) if profile is not None else load_profile()
+    records = trace_ops(model, example_inputs)
+    params = sum(p.numel() for p in model.parameters())
+    return report_from_records(records, profile, params, formats)
+
+
+def trace_layers(model: nn.Module, example_inputs: Any) -> list[LayerSpec]:
+    """The costed layers of ``model``: the per-layer functions of kept channels pruners use."""
+    return layers_from_records(trace_ops(model, example_inputs))
+
+
+__all__ = ["CostReport", "LayerCost", "WeightFormat", "estimate", "layer_cost", "padded_macs", "weight_bytes",
+           "report_from_layers", "report_from_records", "trace_layers"]

@@ -1,0 +1,204 @@
+"""Costed layers: :class:`LayerSpec` s derived from op records, with NPU fusion decided.
+
+A spec holds the channel-level dimensions the cost formula needs, so the cost of a layer
+is a function of its kept channels: ``layer_cost(spec.resized(c_in=24, c_out=40), profile)``.
+
+Fusion, as NPU compilers do it (e.g. Vela folds BatchNorm and fuses activations): a norm whose
+only activation input comes, through shape-only ops, from a MAC-array op (or an op fused into
+one) is folded into it; a unary elementwise op (activation, scaling) fed that way, or fed by an
+unfused elementwise op such as a residual add, runs in that op's output stage. Both cost nothing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+from .ops import OpKind, OpRecord, TensorMeta
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One costed op. For conv: ``macs = c_out * c_in/groups * kernel * spatial``.
+
+    Example: a 3x3 conv 16->32 on a 1x16x8x8 input with padding 1 has
+    ``c_in=16, c_out=32, kernel=9, spatial=64, groups=1`` (spatial = batch * output positions).
+    """
+
+    name: str  # module path (or op name when the op ran outside any submodule)
+    op: str  # ATen op family, e.g. "convolution"
+    kind: OpKind
+    in_shape: tuple[int, ...]
+    out_shape: tuple[int, ...]
+    c_in: int = 0  # reduction channels (conv/linear/matmul)
+    c_out: int = 0  # output channels
+    kernel: int = 1  # kh * kw
+    spatial: int = 0  # output positions (batch included); for attention: batch * heads * L
+    groups: int = 1
+    depthwise: bool = False  # groups follow channels when channels are removed
+    extra: int = 0  # attention: key length S; others unused
+    weight_param: str | None = None
+    has_bias: bool = False
+    in_elems: int = 0  # activation elements read
+    out_elems: int = 0  # activation elements written
+    fused: bool = False
+
+    @property
+    def weight_count(self) -> int:
+        if self.kind not in (OpKind.CONV, OpKind.LINEAR):
+            return 2 * self.c_out if self.kind == OpKind.NORM and self.weight_param else 0
+        return self.c_out * (self.c_in // max(self.groups, 1)) * self.kernel
+
+    def resized(self, c_in: int | None = None, c_out: int | None = None) -> "LayerSpec":
+        """The same layer with ``c_in`` / ``c_out`` channels kept (activation sizes scale)."""
+        ci = self.c_in if c_in is None else c_in
+        co = self.c_out if c_out is None else c_out
+        groups = ci if self.depthwise else self.groups
+        in_scale = ci / self.c_in if self.c_in else 1.0
+        out_scale = co / self.c_out if self.c_out else 1.0
+        return dataclasses.replace(self, c_in=ci, c_out=co, groups=groups,
+                                   in_elems=round(self.in_elems * in_scale),
+                                   out_elems=round(self.out_elems * out_scale))
+
+
+def _prod(xs: tuple[int, ...]) -> int:
+    return math.prod(xs) if xs else 1
+
+
+def _conv_spec(rec: OpRecord, base: dict) -> LayerSpec:
+    x, out = rec.activations[0], rec.outputs[0]
+    weight = next(t for t in rec.inputs if t.param is not None)
+    groups = int(rec.args.get("groups", 1))
+    transposed = bool(rec.args.get("transposed", 0))
+    c_in, c_out = x.shape[1], out.shape[1]
+    # transposed conv: every input position is multiplied into the kernel window
+    spatial = x.shape[0] * _prod(x.shape[2:]) if transposed else out.shape[0] * _prod(out.shape[2:])
+    n_params = sum(1 for t in rec.inputs if t.param is not None)
+    return LayerSpec(**base, c_in=c_in, c_out=c_out, kernel=_prod(weight.shape[2:]), spatial=spatial,
+                     groups=groups, depthwise=groups > 1 and groups == c_in and c_out % groups == 0,
+                     weight_param=weight.param, has_bias=n_params > 1)
+
+
+def _linear_spec(rec: OpRecord, base: dict) -> LayerSpec:
+    out = rec.outputs[0]
+    params = [t for t in rec.inputs if t.param is not None]
+    weight = max(params, key=lambda t: len(t.shape))
+    acts = rec.activations
+    x = acts[0] if acts else weight
+    c_in = x.shape[-1]
+    c_out = out.shape[-1]
+    return LayerSpec(**base, c_in=c_in, c_out=c_out, spatial=out.numel // max(c_out, 1),
+                     weight_param=weight.param, has_bias=len(params) > 1)
+
+
+def _matmul_spec(rec: OpRecord, base: dict) -> LayerSpec:
+    a = rec.activations[-2] if len(rec.activations) >= 2 else rec.activations[0]
+    out = rec.outputs[0]
+    c_out = out.shape[-1]
+    return LayerSpec(**base, c_in=a.shape[-1], c_out=c_out, spatial=out.numel // max(c_out, 1))
+
+
+def _attention_spec(rec: OpRecord, base: dict) -> LayerSpec:
+    q, k = rec.activations[0], rec.activations[1]
+    out = rec.outputs[0]  # (B, H, L, dv)
+    return LayerSpec(**base, c_in=q.shape[-1], c_out=out.shape[-1], spatial=out.numel // max(out.shape[-1], 1),
+                     extra=k.shape[-2])
+
+
+def _norm_spec(rec: OpRecord, base: dict) -> LayerSpec:
+    out = rec.outputs[0]
+    params = [t for t in rec.inputs if t.param is not None]
+    c = out.shape[-1] if "layer_norm" in rec.op else (out.shape[1] if len(out.shape) > 1 else out.shape[0])
+    # affine scale/shift (and BN statistics) count as weights unless folded into a preceding conv
+    return LayerSpec(**base, c_in=c, c_out=c, spatial=out.numel // max(c, 1),
+                     weight_param=params[0].param if params else None)
+
+
+_SPEC = {OpKind.CONV: _conv_spec, OpKind.LINEAR: _linear_spec, OpKind.MATMUL: _matmul_spec,
+         OpKind.ATTENTION: _attention_spec, OpKind.NORM: _norm_spec}
+
+
+def spec_from_record(rec: OpRecord, fused: bool = False) -> LayerSpec:
+    """The costed layer of one op record (VIEW records are not costed: do not pass them)."""
+    kind = rec.kind
+    in_elems = sum(t.numel for t in rec.activations)
+    out_elems = rec.outputs[0].numel if rec.outputs else 0
+    base = dict(name=rec.module or rec.op, op=rec.op, kind=kind,
+                in_shape=rec.activations[0].shape if rec.activations else (),
+                out_shape=rec.outputs[0].shape if rec.outputs else (),
+                in_elems=in_elems, out_elems=out_elems, fused=fused)
+    make = _SPEC.get(kind)
+    if make is not None:
+        return make(rec, base)
+    c = base["out_shape"][1] if len(base["out_shape"]) > 1 else 0
+    return LayerSpec(**base, c_in=c, c_out=c)
+
+
+def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
+    """Costed layers in execution order, with fusion into preceding MAC-array ops decided."""
+    producer: dict[str, str] = {}  # tensor id -> "mac" | "fused" | "other" (through views)
+    layers: list[LayerSpec] = []
+    for rec in records:
+        kind = rec.kind
+        acts = rec.activations
+        if kind == OpKind.VIEW:
+            tag = producer.get(acts[0].id, "other") if len(acts) == 1 else "other"
+        else:
+            src = producer.get(acts[0].id) if len(acts) == 1 else None
+            # norms fold into a MAC op; unary activations also run in an elementwise op's output stage
+            fused = (kind == OpKind.NORM and src in ("mac", "fused")) or \
+                    (kind == OpKind.ELEMENTWISE and src in ("mac", "fused", "elementwise"))
+            layers.append(spec_from_record(rec, fused=fused))
+            tag = "mac" if kind.uses_mac_array else "fused" if fused else \
+                "elementwise" if kind == OpKind.ELEMENTWISE else "other"
+        for t in rec.outputs:
+            producer[t.id] = tag
+    return layers
+
+
+def peak_activation_elems(records: list[OpRecord]) -> int:
+    """Largest total size of live activations over the run.
+
+    A tensor lives from the op that first touches it to its last reader (model outputs to the
+    end). Shape-only ops and fused ops write no new tensor: their outputs alias their input.
+    """
+    fused_ids = _fused_output_ids(records)
+    root: dict[str, str] = {}  # tensor id -> id of the tensor that owns the memory
+    size: dict[str, int] = {}
+    first: dict[str, int] = {}
+    last: dict[str, int] = {}
+
+    def touch(tid: str, numel: int, i: int) -> None:
+        size.setdefault(tid, numel)
+        first.setdefault(tid, i)
+        last[tid] = max(last.get(tid, i), i)
+
+    for i, rec in enumerate(records):
+        for t in rec.activations:
+            touch(root.setdefault(t.id, t.id), t.numel, i)
+        aliased = (rec.kind == OpKind.VIEW and rec.op not in ("cat", "stack")) and bool(rec.activations)
+        for t in rec.outputs:
+            alias = (aliased or t.id in fused_ids) and bool(rec.activations)
+            root[t.id] = root[rec.activations[0].id] if alias else t.id
+            touch(root[t.id], t.numel, i)
+    if records:
+        for t in records[-1].outputs:
+            last[root[t.id]] = len(records)
+    delta = [0] * (len(records) + 2)
+    for tid, n in size.items():
+        delta[first[tid]] += n
+        delta[last[tid] + 1] -= n
+    peak = live = 0
+    for d in delta:
+        live += d
+        peak = max(peak, live)
+    return peak
+
+
+def _fused_output_ids(records: list[OpRecord]) -> set[str]:
+    ids: set[str] = set()
+    costed = [r for r in records if r.kind != OpKind.VIEW]
+    for rec, spec in zip(costed, layers_from_records(records)):
+        if spec.fused:
+            ids.update(t.id for t in rec.outputs)
+    return ids

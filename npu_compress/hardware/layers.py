@@ -3,9 +3,9 @@
 A spec holds the channel-level dimensions the cost formula needs, so the cost of a layer
 is a function of its kept channels: ``layer_cost(spec.resized(c_in=24, c_out=40), profile)``.
 
-Fusion, as NPU compilers do it (e.g. Vela folds BatchNorm and fuses activations): a norm whose
-only activation input comes, through shape-only ops, from a MAC-array op (or an op fused into
-one) is folded into it; a unary elementwise op (activation, scaling) fed that way, or fed by an
+Fusion, as NPU compilers do it (e.g. Vela folds BatchNorm and fuses activations): a batch norm
+whose only activation input comes, through shape-only ops (not ``cat``), from a MAC-array op (or
+an op fused into one) is folded into it; a unary elementwise op (activation, scaling) fed that way, or fed by an
 unfused elementwise op such as a residual add, runs in that op's output stage. Both cost nothing.
 """
 from __future__ import annotations
@@ -134,6 +134,11 @@ def spec_from_record(rec: OpRecord, fused: bool = False) -> LayerSpec:
     return LayerSpec(**base, c_in=c, c_out=c)
 
 
+_JOINS = {"cat", "stack"}  # write a new tensor from several: never transparent to fusion
+_FOLDABLE_NORMS = {"batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training",
+                   "_native_batch_norm_legit", "_batch_norm_impl_index", "cudnn_batch_norm"}
+
+
 def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     """Costed layers in execution order, with fusion into preceding MAC-array ops decided."""
     producer: dict[str, str] = {}  # tensor id -> "mac" | "fused" | "other" (through views)
@@ -142,11 +147,13 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
         kind = rec.kind
         acts = rec.activations
         if kind == OpKind.VIEW:
-            tag = producer.get(acts[0].id, "other") if len(acts) == 1 else "other"
+            passes = len(acts) == 1 and rec.op not in _JOINS
+            tag = producer.get(acts[0].id, "other") if passes else "other"
         else:
             src = producer.get(acts[0].id) if len(acts) == 1 else None
-            # norms fold into a MAC op; unary activations also run in an elementwise op's output stage
-            fused = (kind == OpKind.NORM and src in ("mac", "fused")) or \
+            # batch norm folds into a MAC op (layer/group norm need cross-channel statistics: never);
+            # unary activations also run in an elementwise op's output stage
+            fused = (rec.op in _FOLDABLE_NORMS and src in ("mac", "fused")) or \
                     (kind == OpKind.ELEMENTWISE and src in ("mac", "fused", "elementwise"))
             layers.append(spec_from_record(rec, fused=fused))
             tag = "mac" if kind.uses_mac_array else "fused" if fused else \
@@ -173,14 +180,18 @@ def peak_activation_elems(records: list[OpRecord]) -> int:
         first.setdefault(tid, i)
         last[tid] = max(last.get(tid, i), i)
 
+    read = {t.id for rec in records for t in rec.activations}
+    if records:
+        read.update(t.id for t in records[-1].outputs)
     for i, rec in enumerate(records):
         for t in rec.activations:
             touch(root.setdefault(t.id, t.id), t.numel, i)
-        aliased = (rec.kind == OpKind.VIEW and rec.op not in ("cat", "stack")) and bool(rec.activations)
+        aliased = (rec.kind == OpKind.VIEW and rec.op not in _JOINS) and bool(rec.activations)
         for t in rec.outputs:
             alias = (aliased or t.id in fused_ids) and bool(rec.activations)
             root[t.id] = root[rec.activations[0].id] if alias else t.id
-            touch(root[t.id], t.numel, i)
+            if t.id in read:  # outputs nobody reads (pooling indices, norm statistics) take no memory
+                touch(root[t.id], t.numel, i)
     if records:
         for t in records[-1].outputs:
             last[root[t.id]] = len(records)

@@ -8,9 +8,12 @@
 from ._version import __version__
 from .errors import (BudgetError, DataError, ModelSpecError, NpuCompressError, ProfileError, TraceError,
                      VerificationError)
+from .data import Dataset, load_dataset
+from .modelspec import LoadedModel, load_model, parse_input_shape
 from .hardware import (Budget, BudgetKind, CostReport, HardwareProfile, LayerSpec, WeightFormat, estimate,
                        layer_cost, list_profiles, load_profile, trace_layers)
 
-__all__ = ["__version__", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "HardwareProfile",
+__all__ = ["__version__", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "Dataset",
+           "HardwareProfile", "LoadedModel", "load_dataset", "load_model", "parse_input_shape",
            "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "TraceError", "VerificationError",
            "WeightFormat", "estimate", "layer_cost", "list_profiles", "load_profile", "trace_layers"]

@@ -10,6 +10,11 @@ if str(ROOT) not in sys.path:
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
+# One intra-op thread: the tests use tiny tensors, where thread hand-offs cost more than they
+# save, and a second busy process on a 2-core runner makes multi-threaded torch stall badly.
+torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -234,13 +234,14 @@ def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwarePr
 # ---------------------------------------------------------------- loading
 
 def profile_dir() -> Path:
-    """The folder of shipped profiles: ``hw_profiles/`` in a checkout, or the installed copy."""
-    repo = Path(__file__).resolve().parents[2] / "hw_profiles"
-    if repo.is_dir():
-        return repo
-    from importlib import resources
-
-    return Path(str(resources.files("npu_compress.hw_profiles")))
+    """The folder of shipped profiles: the installed ``npu_compress/hw_profiles``, or ``hw_profiles/``
+    at the root of a checkout (pyproject.toml installs the latter as the former)."""
+    package = Path(__file__).resolve().parents[1]
+    for candidate in (package / "hw_profiles", package.parent / "hw_profiles"):
+        if candidate.is_dir() and any(candidate.glob("*.toml")):
+            return candidate
+    raise ProfileError(f"no shipped profiles found in {package / 'hw_profiles'} or {package.parent / 'hw_profiles'}; "
+                       "is the installation complete?")
 
 
 def list_profiles() -> list[str]:

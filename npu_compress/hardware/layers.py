@@ -71,11 +71,14 @@ def _conv_spec(rec: OpRecord, base: dict) -> LayerSpec:
     groups = int(rec.args.get("groups", 1))
     transposed = bool(rec.args.get("transposed", 0))
     c_in, c_out = x.shape[1], out.shape[1]
+    # depthwise: one input channel per group; groups follow the channels when they are pruned
+    depthwise = groups > 1 and not transposed and weight.shape[1] == 1
+    groups = c_in if depthwise else groups
     # transposed conv: every input position is multiplied into the kernel window
     spatial = x.shape[0] * _prod(x.shape[2:]) if transposed else out.shape[0] * _prod(out.shape[2:])
     n_params = sum(1 for t in rec.inputs if t.param is not None)
     return LayerSpec(**base, c_in=c_in, c_out=c_out, kernel=_prod(weight.shape[2:]), spatial=spatial,
-                     groups=groups, depthwise=groups > 1 and groups == c_in and c_out % groups == 0,
+                     groups=groups, depthwise=depthwise,
                      weight_param=weight.param, has_bias=n_params > 1)
 
 

@@ -1,0 +1,155 @@
+"""Costs of keep-sets of a pruning graph: the bridge from graph (units) to cost model.
+
+``predict(graph, keep, profile)`` is the cost report of the model with the unkept units
+removed (channel) or packed (block / N:M), computed from the exported graph with pruned shapes,
+without building the pruned model; it equals ``estimate()`` of ``remove_pruned(...)``.
+
+``unit_costs(graph, profile, kind, keep)`` is c_u, the cost saved by removing unit u alone from
+``keep`` (DESIGN §3: linearised; re-linearise as masks move). Only the layers whose tensors the
+unit touches are re-costed, so one call costs about as much as one ``predict``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .hardware.budget import BudgetKind
+from .hardware.cost import DENSE, CostReport, WeightFormat, layer_cost, report_from_layers
+from .hardware.export_records import records_from_exported
+from .hardware.layers import LayerSpec, layers_from_records, peak_activation_elems, spec_from_record
+from .hardware.ops import OpKind, OpRecord, TensorMeta
+from .hardware.profile import HardwareProfile
+
+
+@dataclass(frozen=True)
+class _Costed:
+    """The costed layers of one keep-set, each with the tensor ids its cost depends on."""
+
+    records: list[OpRecord]
+    costed: list[OpRecord]  # the non-view records, one per layer
+    layers: list[LayerSpec]
+    ids: list[frozenset[str]]
+
+
+def _shapes(graph: Any, kept: dict[str, int]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for node in graph.exported.graph.nodes:
+        if node.name in kept:
+            val = node.meta.get("val")
+            shape = list(val.shape)
+            shape[graph.channel_dims[node.name]] = int(kept[node.name])
+            out[node.name] = tuple(int(s) for s in shape)
+    return out
+
+
+def _costed(graph: Any, keep: Any) -> _Costed:
+    kept = graph.kept_channels(keep) if graph.channel_dims else {}
+    records = records_from_exported(graph.exported, _shapes(graph, kept))
+    layers = layers_from_records(records)
+    costed = [r for r in records if r.kind != OpKind.VIEW]
+    ids = [frozenset(t.id for t in (*r.activations, *r.outputs)) for r in costed]
+    return _Costed(records, costed, layers, ids)
+
+
+def weight_formats(graph: Any, keep: Any) -> dict[str, WeightFormat]:
+    """Packed storage per weight for a block / N:M keep-set (empty for channel graphs)."""
+    structure = graph.structure.value
+    if structure == "channel":
+        return {}
+    fractions = graph.kept_fraction(keep)
+    if structure == "block":
+        return {p: WeightFormat("block", density=f) for p, f in fractions.items()}
+    n, m = graph.nm
+    return {p: WeightFormat("nm", density=n / m, n=n, m=m) for p in fractions}
+
+
+def predict(graph: Any, keep: Any, profile: HardwareProfile) -> CostReport:
+    """Cost report of ``graph``'s model with ``keep`` applied (channels removed or weights packed)."""
+    c = _costed(graph, keep)
+    params = _kept_params(graph, keep)
+    return report_from_layers(c.layers, profile, peak_activation_elems(c.records), params,
+                              weight_formats(graph, keep))
+
+
+def _kept_params(graph: Any, keep: Any) -> int:
+    """Parameter count after removing the unkept channel units (block / N:M: unchanged, zeros count)."""
+    removed: dict[tuple[str, int], set[int]] = {}
+    if graph.structure.value == "channel":
+        for u in (~graph.check_keep(keep)).nonzero().flatten().tolist():
+            for sl in graph.units[u].slices:
+                removed.setdefault((sl.param, sl.dim), set()).update(sl.indices().tolist())
+    total = 0
+    for name in graph.exported.graph_signature.parameters:
+        shape = graph.param_shapes[name]
+        total += math.prod(size - len(removed.get((name, d), ())) for d, size in enumerate(shape))
+    return total
+
+
+def _measure(cost: Any, kind: BudgetKind) -> float:
+    return cost.latency_s if kind == BudgetKind.LATENCY else float(cost.weight_bytes)
+
+
+def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, keep: Any = None) -> torch.Tensor:
+    """(n_units,) float64: cost saved by removing each unit alone from ``keep`` (default: all kept).
+
+    Latency in seconds or memory in bytes. For units already removed, the cost of adding them back.
+    """
+    kind = BudgetKind(kind)
+    n = graph.num_units
+    keep = torch.ones(n, dtype=torch.bool) if keep is None else graph.check_keep(keep, soft=True).detach() > 0.5
+    if graph.structure.value != "channel":
+        return _weight_unit_costs(graph, profile, kind, keep)
+    base = _costed(graph, keep)
+    base_cost = [_measure(layer_cost(s, profile), kind) for s in base.layers]
+    base_kept = graph.kept_channels(keep)
+    out = torch.zeros(n, dtype=torch.float64)
+    for u in range(n):
+        flipped = keep.clone()
+        flipped[u] = ~flipped[u]
+        kept = graph.kept_channels(flipped)
+        changed = {k for k, v in kept.items() if v != base_kept.get(k)}
+        if not changed:
+            continue
+        shapes = _shapes(graph, kept)
+        delta = 0.0
+        for i, (rec_ids, spec) in enumerate(zip(base.ids, base.layers)):
+            if rec_ids & changed:
+                delta += base_cost[i] - _measure(layer_cost(_respec(spec, base, i, shapes), profile), kind)
+        out[u] = abs(delta)
+    return out
+
+
+def _respec(spec: LayerSpec, base: _Costed, i: int, shapes: dict[str, tuple[int, ...]]) -> LayerSpec:
+    """Layer i of ``base`` re-derived with new tensor shapes (fusion decided on the base keep-set)."""
+    rec = base.costed[i]
+
+    def re(t: TensorMeta) -> TensorMeta:
+        return TensorMeta(t.id, shapes.get(t.id, t.shape), t.param)
+
+    new = OpRecord(rec.op, rec.module, tuple(re(t) for t in rec.inputs), tuple(re(t) for t in rec.outputs), rec.args)
+    return spec_from_record(new, fused=spec.fused)
+
+
+def _weight_unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind, keep: torch.Tensor) -> torch.Tensor:
+    """Block / N:M: every unit of one weight saves the same: that weight's cost for one unit less."""
+    c = _costed(graph, keep)
+    formats = weight_formats(graph, keep)
+    sizes = torch.bincount(graph.unit_param, minlength=len(graph.params)).double()
+    per_param = torch.zeros(len(graph.params), dtype=torch.float64)
+    index = {p: i for i, p in enumerate(graph.params)}
+    for spec in c.layers:
+        i = index.get(spec.weight_param or "")
+        if i is None:
+            continue
+        fmt = formats.get(spec.weight_param, DENSE)
+        step = 1.0 / float(sizes[i])
+        if fmt.kind == "nm":  # one N:M weight: its share of the weight's (packed) cost
+            per_param[i] = _measure(layer_cost(spec, profile, fmt), kind) * step
+        else:
+            less = WeightFormat(fmt.kind, max(fmt.density - step, 0.0), fmt.n, fmt.m)
+            per_param[i] = _measure(layer_cost(spec, profile, fmt), kind) - _measure(layer_cost(spec, profile, less),
+                                                                                     kind)
+    return per_param[graph.unit_param]

@@ -62,8 +62,8 @@ def weight_formats(graph: Any, keep: Any) -> dict[str, WeightFormat]:
     fractions = graph.kept_fraction(keep)
     if structure == "block":
         return {p: WeightFormat("block", density=f) for p, f in fractions.items()}
-    n, m = graph.nm
-    return {p: WeightFormat("nm", density=n / m, n=n, m=m) for p in fractions}
+    n, m = graph.nm  # a weight is stored N:M once any of its entries is dropped; dense otherwise
+    return {p: WeightFormat("nm", density=n / m, n=n, m=m) for p, f in fractions.items() if f < 1.0}
 
 
 def predict(graph: Any, keep: Any, profile: HardwareProfile) -> CostReport:

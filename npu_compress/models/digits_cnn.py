@@ -1,4 +1,8 @@
-"""A tiny CNN for the 8x8 scikit-learn digits: the model the quick demo prunes in seconds."""
+"""A small CNN for the 8x8 scikit-learn digits: the model the quick demo prunes in seconds.
+
+Wide enough (7.1 M MACs) that compute, not per-layer overhead, dominates its latency on the
+default profile, so a latency budget of 50% is reachable (the unprunable floor is ~20%).
+"""
 
 import torch
 from torch import nn
@@ -14,18 +18,18 @@ def conv_bn_relu(c_in: int, c_out: int) -> nn.Sequential:
 
 
 class DigitsCNN(nn.Module):
-    """conv 1->16, conv 16->32, maxpool, conv 32->32, global average pool, linear 32->10."""
+    """conv 1->64, conv 64->128, maxpool, conv 128->128, global average pool, linear 128->10."""
 
     def __init__(self, num_classes: int = 10, in_channels: int = 1) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            conv_bn_relu(in_channels, 16),  # (B, 16, 8, 8)
-            conv_bn_relu(16, 32),  # (B, 32, 8, 8)
-            nn.MaxPool2d(2),  # (B, 32, 4, 4)
-            conv_bn_relu(32, 32),  # (B, 32, 4, 4)
+            conv_bn_relu(in_channels, 64),  # (B, 64, 8, 8)
+            conv_bn_relu(64, 128),  # (B, 128, 8, 8)
+            nn.MaxPool2d(2),  # (B, 128, 4, 4)
+            conv_bn_relu(128, 128),  # (B, 128, 4, 4)
         )
-        self.pool = nn.AdaptiveAvgPool2d(1)  # (B, 32, 1, 1)
-        self.fc = nn.Linear(32, num_classes)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # (B, 128, 1, 1)
+        self.fc = nn.Linear(128, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (B, 1, 8, 8)
         x = self.pool(self.features(x))

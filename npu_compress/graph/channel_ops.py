@@ -1,0 +1,501 @@
+"""Walk the exported graph once, op by op, tracking channel elements (see ``channels.py``).
+
+Each handler reads the :class:`Info` of its inputs and returns the Info of its output (or a list,
+for ops returning several tensors). Anything a handler does not understand freezes the channels
+it touches, so a wrong model is never produced: e.g. ``torch.roll(x, 1, dims=1)`` freezes every
+channel of ``x`` and the report names ``aten.roll.default``.
+"""
+from __future__ import annotations
+
+import logging
+import operator
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+from torch import fx, nn
+
+from . import tensor_info as ti
+from . import producers
+from .attention import sdpa_handler
+from .channels import AttrFix, ChannelState
+from .export_trace import Trace
+from .tensor_info import Info, ParamRef
+from .types import FreezeRecord
+
+log = logging.getLogger(__name__)
+
+UNARY = {"relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh",
+         "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "relu6", "leaky_relu",
+         "leaky_relu_", "elu", "elu_", "selu", "celu", "mish", "softplus", "abs", "neg", "dropout", "dropout_",
+         "feature_dropout", "alpha_dropout", "clone", "contiguous", "alias", "detach", "_to_copy", "to",
+         "clamp", "clamp_min", "clamp_max", "exp", "square", "erf", "zeros_like", "ones_like", "full_like",
+         "empty_like", "rand_like", "randn_like", "lift_fresh_copy", "log_sigmoid", "type_as", "sqrt", "sin",
+         "cos", "logical_not", "bitwise_not", "sign", "round", "floor", "ceil", "trunc"}
+# elementwise, broadcasting; python-number operands are skipped
+BINARY = {"add", "add_", "sub", "sub_", "mul", "mul_", "rsub", "maximum", "minimum", "where", "gt", "lt", "ge",
+          "le", "eq", "ne", "masked_fill", "masked_fill_", "logical_and", "logical_or"}
+SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+           "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+           "adaptive_max_pool2d", "max_pool2d_with_indices", "upsample_nearest1d", "upsample_nearest2d",
+           "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_linear1d",
+           "upsample_trilinear3d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
+           "_adaptive_avg_pool2d"}
+REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "logsumexp", "prod", "var_mean"}
+SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax", "cumsum"}
+RESHAPE = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze",
+           "unsqueeze_", "view_as", "reshape_as"}
+PERMUTE = {"permute", "transpose", "t", "movedim", "swapaxes", "swapdims", "transpose_"}
+IGNORE = {"_assert_tensor_metadata", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size"}
+
+
+def op_name(node: fx.Node) -> str:
+    if node.target is operator.getitem:
+        return "getitem"
+    packet = getattr(node.target, "overloadpacket", None)
+    return getattr(packet, "__name__", None) or getattr(node.target, "__name__", str(node.target))
+
+
+def arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
+    if len(node.args) > i:
+        return node.args[i]
+    return node.kwargs.get(name, default)
+
+
+def _dim(d: int, ndim: int) -> int:
+    return d + ndim if d < 0 else d
+
+
+class ChannelWalk:
+    """One pass over ``trace.graph``; results in ``self.state`` and ``self.info``."""
+
+    def __init__(self, trace: Trace):
+        self.tr = trace
+        self.state = ChannelState()
+        self.info: dict[str, Any] = {}
+        self.handlers: dict[str, Callable[[fx.Node], Any]] = {}
+        for names, fn in [(UNARY, self.unary), (BINARY, self.binary), (SPATIAL, self.spatial),
+                          (REDUCE, self.reduce), (SOFTMAX, self.softmax), (RESHAPE, self.reshape),
+                          (PERMUTE, self.permute)]:
+            self.handlers.update(dict.fromkeys(names, fn))
+        self.handlers.update({
+            "getitem": self.getitem, "expand": self.expand, "repeat": self.repeat, "cat": self.cat,
+            "concat": self.cat, "stack": self.stack, "chunk": self.chunk, "split": self.split,
+            "split_with_sizes": self.split, "unbind": self.unbind, "slice": self.slice, "narrow": self.slice,
+            "select": self.select, "batch_norm": self.batch_norm, "instance_norm": self.batch_norm,
+            "_native_batch_norm_legit_no_training": self.batch_norm, "layer_norm": self.layer_norm,
+            "rms_norm": self.layer_norm, "group_norm": self.group_norm, "conv1d": self.conv, "conv2d": self.conv,
+            "conv3d": self.conv, "convolution": self.conv, "_convolution": self.conv,
+            "conv_transpose1d": self.conv_transpose, "conv_transpose2d": self.conv_transpose,
+            "conv_transpose3d": self.conv_transpose, "linear": self.linear, "matmul": self.matmul,
+            "embedding": self.embedding, "scaled_dot_product_attention": self.sdpa,
+            "constant_pad_nd": self.pad, "pad": self.pad, "div": self.div, "div_": self.div, "pow": self.pow})
+
+    # -- driver ---------------------------------------------------------------------------
+    def run(self) -> "ChannelWalk":
+        for node in self.tr.graph.nodes:
+            if node.op == "placeholder":
+                self.info[node.name] = self.placeholder(node)
+            elif node.op == "call_function":
+                name = op_name(node)
+                if name in IGNORE:
+                    continue
+                self.info[node.name] = self._handle(name, node)
+            elif node.op == "output":
+                self.output(node)
+        return self
+
+    def _handle(self, name: str, node: fx.Node) -> Any:
+        try:
+            return self.handlers.get(name, self.unknown)(node)
+        except Exception as exc:  # an unforeseen corner of a handler: freeze, never crash
+            log.debug("channel analysis failed at %s: %r", node.name, exc)
+            self.freeze_inputs(node, f"channel analysis of {name} failed ({type(exc).__name__}: {exc})")
+            return None
+
+    def val(self, a: Any) -> Any:
+        return self.info.get(a.name) if isinstance(a, fx.Node) else None
+
+    def shape(self, a: Any) -> Optional[tuple[int, ...]]:
+        return self.tr.shape(a)
+
+    def freeze(self, obj: Any, node: fx.Node, reason: str) -> None:
+        """Freeze the channels of ``obj`` (Info / list); mark a ParamRef as used in an unknown way."""
+        if isinstance(obj, Info):
+            self.state.freeze(obj.ids, node.name, str(node.target), reason)
+        elif isinstance(obj, ParamRef):
+            self.state.unknown_params.setdefault(obj.name, FreezeRecord(node.name, str(node.target), reason))
+        elif isinstance(obj, (list, tuple)):
+            for o in obj:
+                self.freeze(o, node, reason)
+
+    def freeze_inputs(self, node: fx.Node, reason: str) -> None:
+        for a in node.all_input_nodes:
+            self.freeze(self.val(a), node, reason)
+
+    def unknown(self, node: fx.Node) -> None:
+        self.freeze_inputs(node, f"op {op_name(node)} is not understood by the channel analysis")
+        return None
+
+    def placeholder(self, node: fx.Node) -> Any:
+        name = self.tr.param_name(node)
+        shape = self.shape(node)
+        if name is None or shape is None:
+            return None  # user input or lifted constant: never pruned
+        return ParamRef(name, tuple(range(len(shape))), shape)
+
+    def output(self, node: fx.Node) -> None:
+        for a in node.all_input_nodes:
+            self.freeze(self.val(a), node, "model output (its channels are never pruned)")
+
+    # -- shape-preserving ops ---------------------------------------------------------------
+    def unary(self, node: fx.Node) -> Any:
+        x = self.val(node.args[0]) if node.args else None
+        if op_name(node) in ("clamp", "clamp_min", "clamp_max") and any(
+                isinstance(a, fx.Node) for a in node.args[1:]):
+            return self.unknown(node)
+        return x
+
+    def getitem(self, node: fx.Node) -> Any:
+        src = self.val(node.args[0])
+        if isinstance(src, list):
+            return src[node.args[1]]
+        return None
+
+    def div(self, node: fx.Node) -> Any:
+        """``x / scalar`` keeps channels; a tensor divisor is refused (masked zeros would give inf)."""
+        if isinstance(node.args[1], fx.Node):
+            return self.unknown(node)
+        return self.val(node.args[0])
+
+    def pow(self, node: fx.Node) -> Any:
+        """``x ** p`` with a scalar ``p >= 0`` keeps channels (finite at the masked zeros)."""
+        exp = node.args[1] if len(node.args) > 1 else None
+        if isinstance(exp, (int, float)) and exp >= 0 and isinstance(node.args[0], fx.Node):
+            return self.val(node.args[0])
+        return self.unknown(node)
+
+    def binary(self, node: fx.Node) -> Any:
+        operands = [a for a in node.args if isinstance(a, fx.Node)]
+        return self.merge(node, operands, self.shape(node))
+
+    def merge(self, node: fx.Node, operands: Sequence[fx.Node], out_shape: Sequence[int],
+              shapes: Optional[Sequence[Sequence[int]]] = None) -> Any:
+        """Elementwise (broadcasting) combination: unions tracked positions, attaches parameters."""
+        if out_shape is None:
+            return self.unknown(node)
+        shapes = shapes or [self.shape(a) for a in operands]
+        nd = len(out_shape)
+        tracked, others = [], []
+        for a, shp in zip(operands, shapes):
+            v, off = self.val(a), nd - len(shp)
+            if isinstance(v, Info):
+                if any(shp[d] == 1 and out_shape[d + off] != 1 for d in v.dims):
+                    self.freeze(v, node, "a channel dim is broadcast against a larger one")
+                    continue
+                tracked.append(Info(tuple(d + off for d in v.dims), v.ids))
+            else:
+                others.append((v, shp, off))
+        if not tracked:
+            refs = [v for v, _, _ in others if isinstance(v, ParamRef)]
+            if len(refs) == 1 and len(others) == 1 and tuple(shapes[0]) == tuple(out_shape):
+                return refs[0]  # param (op) scalar keeps its mapping
+            self.freeze(refs, node, "parameter combined with another tensor")
+            return None
+        dims = tracked[0].dims
+        if any(t.dims != dims for t in tracked):
+            self.freeze(tracked, node, "operands carry channels on different dims")
+            return None
+        for v, shp, off in others:
+            if not self._merge_other(node, tracked, v, shp, off):
+                return None
+        for t in tracked[1:]:
+            self.state.union(tracked[0].ids, t.ids)
+        return tracked[0]
+
+    def _merge_other(self, node: fx.Node, tracked: list[Info], v: Any, shp: Sequence[int], off: int) -> bool:
+        varying = [d for d in tracked[0].dims if d - off >= 0 and shp[d - off] != 1]
+        if not varying:
+            return True
+        if isinstance(v, ParamRef) and len(tracked[0].dims) == 1:
+            d = varying[0]
+            pd = v.pmap[d - off]
+            if pd is not None and v.pshape[pd] == shp[d - off]:
+                self.state.attach(v.name, pd, np.arange(shp[d - off]), tracked[0].ids)
+                return True
+        self.freeze(tracked, node, "combined with a tensor that varies along the channel dim untracked")
+        self.freeze(v, node, "combined with channels in an unsupported way")
+        return False
+
+    def spatial(self, node: fx.Node) -> Any:
+        x = self.val(node.args[0])
+        if isinstance(x, Info) and x.dims != (1,):
+            return self.unknown(node)
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        return [x, x] if op_name(node) in ("max_pool2d_with_indices", "adaptive_max_pool2d",
+                                              "adaptive_max_pool1d") else x
+
+    def pad(self, node: fx.Node) -> Any:
+        x, pad = self.val(node.args[0]), list(arg(node, 1, "pad", []))
+        shp = self.shape(node.args[0])
+        if not isinstance(x, Info):
+            return self.unknown(node) if isinstance(x, ParamRef) else None
+        for i in range(0, len(pad), 2):
+            d = len(shp) - 1 - i // 2
+            if d in x.dims and (pad[i] or pad[i + 1]):
+                return self.unknown(node)
+        return x
+
+    def reduce(self, node: fx.Node) -> Any:
+        if len(node.args) > 1 and isinstance(node.args[1], fx.Node):
+            return self.binary(node)  # torch.max(a, b) and friends are elementwise
+        x = self.val(node.args[0])
+        shp = self.shape(node.args[0])
+        if not isinstance(x, Info):
+            return self.unknown(node) if isinstance(x, ParamRef) else None
+        dims = arg(node, 1, "dim", None)
+        dims = list(range(len(shp))) if dims is None else ([dims] if isinstance(dims, int) else list(dims))
+        dims = [_dim(d, len(shp)) for d in dims]
+        keep = node.kwargs.get("keepdim", node.args[2] if len(node.args) > 2 and isinstance(node.args[2], bool)
+                               else False)
+        if set(dims) & set(x.dims):
+            self.freeze(x, node, f"{op_name(node)} reduces over the channel dim")
+            return None
+        out = x if keep else ti.shift_dims(x, dims)
+        return [out, out] if op_name(node) in ("max", "min", "var_mean") else out
+
+    def softmax(self, node: fx.Node) -> Any:
+        x = self.val(node.args[0])
+        if isinstance(x, Info) and _dim(node.args[1], len(self.shape(node.args[0]))) in x.dims:
+            self.freeze(x, node, f"{op_name(node)} mixes the channel dim")
+            return None
+        return self.unknown(node) if isinstance(x, ParamRef) else x
+
+    # -- views ----------------------------------------------------------------------------
+    def _view_result(self, node: fx.Node, x: Info, out: Optional[Info]) -> Optional[Info]:
+        lost = np.setdiff1d(x.ids, out.ids if out is not None else np.empty(0, np.int64))
+        if lost.size:
+            self.state.freeze(lost, node.name, str(node.target), "view keeps no tracked dim for these channels")
+        return out
+
+    def reshape(self, node: fx.Node) -> Any:
+        x, in_shape, out_shape = self.val(node.args[0]), self.shape(node.args[0]), self.shape(node)
+        if isinstance(x, ParamRef):
+            ref = ti.param_view(x, in_shape, out_shape)
+            return ref if ref is not None else self.unknown(node)
+        if not isinstance(x, Info):
+            return None
+        return self._view_result(node, x, ti.reshape_info(x, in_shape, out_shape))
+
+    def permute(self, node: fx.Node) -> Any:
+        x, shp = self.val(node.args[0]), self.shape(node.args[0])
+        if x is None:
+            return None
+        nd = len(shp)
+        name = op_name(node)
+        if name == "permute":
+            order = [_dim(d, nd) for d in node.args[1]]
+        elif name == "movedim":
+            src, dst = _dim(node.args[1], nd), _dim(node.args[2], nd)
+            order = [d for d in range(nd) if d != src]
+            order.insert(dst, src)
+        else:
+            a, b = (0, 1) if name == "t" else (_dim(node.args[1], nd), _dim(node.args[2], nd))
+            order = list(range(nd))
+            order[a], order[b] = order[b], order[a]
+        if isinstance(x, ParamRef):
+            return ti.param_permute(x, order)
+        return ti.permute_info(x, order)
+
+    def expand(self, node: fx.Node) -> Any:
+        x, in_shape, out_shape = self.val(node.args[0]), self.shape(node.args[0]), self.shape(node)
+        if isinstance(x, ParamRef):
+            return ti.param_expand(x, in_shape, out_shape)
+        if not isinstance(x, Info):
+            return None
+        lead = (1,) * (len(out_shape) - len(in_shape))
+        ids = np.broadcast_to(ti.full(x, in_shape).reshape(lead + tuple(in_shape)), out_shape)
+        return self._view_result(node, x, ti.compress(np.ascontiguousarray(ids)))
+
+    def repeat(self, node: fx.Node) -> Any:
+        x, in_shape, reps = self.val(node.args[0]), self.shape(node.args[0]), list(node.args[1])
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        if not isinstance(x, Info):
+            return None
+        lead = (1,) * (len(reps) - len(in_shape))
+        ids = np.tile(ti.full(x, in_shape).reshape(lead + tuple(in_shape)), reps)
+        return self._view_result(node, x, ti.compress(ids))
+
+    # -- cat / split ----------------------------------------------------------------------
+    def cat(self, node: fx.Node) -> Any:
+        parts = list(node.args[0])
+        out_shape = self.shape(node)
+        k = _dim(arg(node, 1, "dim", 0), len(out_shape))
+        vals = [self.val(p) for p in parts]
+        if not any(isinstance(v, Info) and k in v.dims for v in vals):
+            shapes = [tuple(1 if d == k else s for d, s in enumerate(self.shape(p))) for p in parts]
+            out = tuple(1 if d == k else s for d, s in enumerate(out_shape))
+            return self.merge(node, parts, out, shapes)
+        if not all(v is None or (isinstance(v, Info) and v.dims == (k,)) for v in vals):
+            self.freeze(vals, node, "cat of tensors with channels on several dims")
+            return None
+        ids = [v.ids if isinstance(v, Info) else
+               self.state.new_elements(self.shape(p)[k], node.name, frozen=True) for v, p in zip(vals, parts)]
+        return Info((k,), np.concatenate(ids))
+
+    def stack(self, node: fx.Node) -> Any:
+        parts = list(node.args[0])
+        out_shape = self.shape(node)
+        k = _dim(arg(node, 1, "dim", 0), len(out_shape))
+        in_shape = self.shape(parts[0])
+        merged = self.merge(node, parts, in_shape)
+        if not isinstance(merged, Info):
+            return self.unknown(node) if merged is not None else None
+        return Info(tuple(d + 1 if d >= k else d for d in merged.dims), merged.ids)
+
+    def chunk(self, node: fx.Node) -> Any:
+        x, shp = self.val(node.args[0]), self.shape(node.args[0])
+        n, k = node.args[1], _dim(arg(node, 2, "dim", 0), len(shp))
+        n_out = len(node.meta.get("val") or ()) or n
+        if not isinstance(x, Info):
+            return self.unknown(node) if isinstance(x, ParamRef) else [None] * n_out
+        if k not in x.dims:
+            return [x] * n_out
+        if shp[k] % n:
+            self.freeze(x, node, "chunk of a channel dim not divisible by the number of chunks")
+            return ti.split_info(x, k, [int(t.shape[k]) for t in node.meta["val"]])
+        pieces = ti.split_info(x, k, [shp[k] // n] * n)
+        for p in pieces[1:]:
+            self.state.union(pieces[0].ids, p.ids)  # chunks shrink evenly
+        return pieces
+
+    def split(self, node: fx.Node) -> Any:
+        x, shp = self.val(node.args[0]), self.shape(node.args[0])
+        k = _dim(arg(node, 2, "dim", 0), len(shp))
+        sizes = [int(t.shape[k]) for t in node.meta["val"]]
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        if not isinstance(x, Info):
+            return [None] * len(sizes)
+        if k in x.dims:
+            self.freeze(x, node, "split sizes are constants in the model code")
+        return ti.split_info(x, k, sizes)
+
+    def unbind(self, node: fx.Node) -> Any:
+        x, shp = self.val(node.args[0]), self.shape(node.args[0])
+        k = _dim(arg(node, 1, "dim", 0), len(shp))
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        if not isinstance(x, Info):
+            return [None] * shp[k]
+        if k in x.dims:
+            self.state.not_channel_dim.append((node.name, node.args[0].name, k))
+        return [ti.take_info(x, k, i) for i in range(shp[k])]
+
+    def slice(self, node: fx.Node) -> Any:
+        x, shp, out = self.val(node.args[0]), self.shape(node.args[0]), self.shape(node)
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        if not isinstance(x, Info):
+            return None
+        k = _dim(arg(node, 1, "dim", 0), len(shp))
+        if k not in x.dims or tuple(shp) == tuple(out):
+            return x
+        if op_name(node) == "narrow":
+            start, stop, step = node.args[2], node.args[2] + node.args[3], 1
+        else:
+            start, stop, step = (arg(node, 2, "start", 0) or 0, arg(node, 3, "end", None), arg(node, 4, "step", 1))
+            start, stop, step = slice(start, stop, step).indices(shp[k])
+        self.freeze(x, node, "slice bounds are constants in the model code")
+        ax = x.dims.index(k)
+        return Info(x.dims, np.ascontiguousarray(x.ids.take(range(start, stop, step), axis=ax)))
+
+    def select(self, node: fx.Node) -> Any:
+        x, shp = self.val(node.args[0]), self.shape(node.args[0])
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        if not isinstance(x, Info):
+            return None
+        k = _dim(node.args[1], len(shp))
+        if k in x.dims:
+            self.freeze(x, node, "select picks one channel by a constant index")
+        return ti.take_info(x, k, node.args[2] % shp[k])
+
+    # -- norms ----------------------------------------------------------------------------
+    def _params(self, node: fx.Node, idx: Sequence[int]) -> Optional[list[Optional[str]]]:
+        names = []
+        for i in idx:
+            a = node.args[i] if len(node.args) > i else None
+            if a is None:
+                names.append(None)
+            elif isinstance(a, fx.Node) and self.tr.param_name(a):
+                names.append(self.tr.param_name(a))
+            else:
+                return None
+        return names
+
+    def batch_norm(self, node: fx.Node) -> Any:
+        x = self.val(node.args[0])
+        tuple_out = op_name(node).startswith("_native")
+        params = self._params(node, [1, 2, 3, 4])
+        if isinstance(x, Info) and (x.dims != (1,) or params is None):
+            return self.unknown(node)
+        if isinstance(x, Info):
+            for p in params:
+                if p is not None:
+                    self.state.attach(p, 0, np.arange(len(x.ids)), x.ids)
+        elif isinstance(x, ParamRef):
+            return self.unknown(node)
+        return [x, None, None] if tuple_out else x
+
+    def layer_norm(self, node: fx.Node) -> Any:
+        x, shp = self.val(node.args[0]), self.shape(node.args[0])
+        nshape = list(node.args[1])
+        normed = set(range(len(shp) - len(nshape), len(shp)))
+        if isinstance(x, Info) and normed & set(x.dims):
+            self.freeze(x, node, f"{op_name(node)} normalizes over the channel dim (removing channels would "
+                                 "change its statistics, so the masked and the pruned model would differ)")
+            return None
+        return self.unknown(node) if isinstance(x, ParamRef) else x
+
+    def group_norm(self, node: fx.Node) -> Any:
+        x = self.val(node.args[0])
+        groups = node.args[1]
+        params = self._params(node, [2, 3])
+        if not isinstance(x, Info):
+            return self.unknown(node) if isinstance(x, ParamRef) else None
+        path, mod = self.tr.module_of(node)
+        if x.dims != (1,) or params is None or not isinstance(mod, nn.GroupNorm):
+            return self.unknown(node)
+        per = x.ids.reshape(groups, -1)  # (G, C/G): a whole norm group is one class
+        for row in per:
+            self.state.union_all(row)
+        for p in params:
+            if p is not None:
+                self.state.attach(p, 0, np.arange(len(x.ids)), x.ids)
+        self.state.attr_fixes.append(AttrFix(path, "num_groups", per[:, 0].copy()))
+        return x
+
+    # -- producers (in producers.py / attention.py) ---------------------------------------
+    def conv(self, node: fx.Node) -> Any:
+        if op_name(node) in ("convolution", "_convolution"):
+            if node.args[6]:
+                return producers.conv_transpose(self, node, node.args[8])
+            return producers.conv(self, node, node.args[8])
+        return producers.conv(self, node, arg(node, 6, "groups", 1))
+
+    def conv_transpose(self, node: fx.Node) -> Any:
+        return producers.conv_transpose(self, node, arg(node, 6, "groups", 1))
+
+    def linear(self, node: fx.Node) -> Any:
+        return producers.linear(self, node)
+
+    def embedding(self, node: fx.Node) -> Any:
+        return producers.embedding(self, node)
+
+    def matmul(self, node: fx.Node) -> Any:
+        return producers.matmul(self, node)
+
+    def sdpa(self, node: fx.Node) -> Any:
+        return sdpa_handler(self, node)

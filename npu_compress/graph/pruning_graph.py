@@ -1,0 +1,205 @@
+"""The pruning graph: units, groups and the shape queries the cost model asks.
+
+Example::
+
+    >>> g = build(model, (torch.randn(1, 3, 32, 32),), load_profile("generic-4tops"))
+    >>> len(g.units), len(g.groups), g.units[0].group
+    (52, 9, 0)
+    >>> keep = torch.ones(len(g.units), dtype=torch.bool); keep[0] = False
+    >>> g.kept_channels(keep)["conv2d"]          # one unit of 8 channels fewer
+    56
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils._pytree import tree_flatten
+
+from .channel_ops import ChannelWalk
+from .channel_units import ChannelUnits, build_channel_units, kept_counts
+from .export_trace import Trace, as_tuple
+from .types import PruningGraphError, Structure, Unit
+from .weight_units import WeightUnits, build_weight_units
+
+log = logging.getLogger(__name__)
+
+
+class _Groups(Sequence):
+    """Group ``g`` is ``range(offsets[g], offsets[g+1])``: units of a group are consecutive."""
+
+    def __init__(self, offsets: np.ndarray):
+        self.offsets = offsets
+
+    def __len__(self) -> int:
+        return max(len(self.offsets) - 1, 0)
+
+    def __getitem__(self, g: int) -> range:
+        if not -len(self) <= g < len(self):
+            raise IndexError(g)
+        g %= len(self)
+        return range(int(self.offsets[g]), int(self.offsets[g + 1]))
+
+
+class _LazyUnits(Sequence):
+    def __init__(self, wu: WeightUnits):
+        self.wu, self.n = wu, wu.n_units
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, u: int) -> Unit:
+        if not -self.n <= u < self.n:
+            raise IndexError(u)
+        return self.wu.unit(u % self.n)
+
+
+class PruningGraph:
+    """Units of one structure over one model, built by :func:`build`.
+
+    - ``units[u]``: a :class:`Unit`; ``groups[g]``: the range of unit indices of group ``g``
+      (channel: coupled channels, keep at least one unit; block: one weight; N:M: M weights).
+    - ``channel_dims`` / ``kept_channels(keep)``: for every node (``node.name`` of
+      ``exported.graph``) whose channel count pruning changes, the dim and the count kept.
+      Attention: q/k/v/output nodes of shape (B, H, N, hd) or (B, N, 3, H, hd) report the heads
+      dim H and the kept heads; a (B, N, H*hd) tensor reports its last dim, which shrinks by
+      ``hd`` per removed head (by ``3*hd`` for the fused qkv output).
+    - block / N:M: ``unit_param`` (index into ``params``) and ``kept_fraction(keep)``.
+    """
+
+    def __init__(self, structure: Structure, trace: Trace, example_inputs: tuple, group_size: Optional[int],
+                 nm: Optional[tuple[int, int]], channel: Optional[ChannelUnits] = None,
+                 weights: Optional[WeightUnits] = None):
+        self.structure, self.exported, self.group_size, self.nm = structure, trace.exported, group_size, nm
+        self.example_inputs = tuple(t.detach().clone() if isinstance(t, torch.Tensor) else t
+                                    for t in example_inputs)
+        self.param_shapes = {n: tuple(p.shape) for n, p in trace.model.state_dict(keep_vars=True).items()}
+        self.output_shapes = [tuple(v.shape) for v in _output_vals(trace)]
+        self._channel, self._weights = channel, weights
+        if channel is not None:
+            self.units: Sequence[Unit] = channel.units
+            self.groups: Sequence[range] = _Groups(channel.group_offsets)
+            self.channel_dims: dict[str, int] = channel.channel_dims
+            self.params = sorted({p for p, _ in channel.tables})
+            self.unit_param: Optional[torch.Tensor] = None
+        else:
+            self.units = _LazyUnits(weights)
+            self.groups = _Groups(weights.group_offsets())
+            self.channel_dims = {}
+            self.params = [lay.param for lay in weights.layouts]
+            self.unit_param = weights.unit_param()
+        self.unit_group = torch.repeat_interleave(
+            torch.arange(len(self.groups)), torch.as_tensor(np.diff(self.groups.offsets)))
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    # -- keep vectors -----------------------------------------------------------------------
+    def check_keep(self, keep: Any, soft: bool = False) -> torch.Tensor:
+        """``keep`` as a tensor of one entry per unit (bool, or float when ``soft``)."""
+        t = torch.as_tensor(keep) if not isinstance(keep, torch.Tensor) else keep
+        if t.dim() != 1 or t.numel() != self.num_units:
+            raise PruningGraphError(f"keep must have one entry per unit ({self.num_units}), got shape "
+                                    f"{tuple(t.shape)}")
+        if soft:
+            return t if t.is_floating_point() else t.float()
+        t = t.detach().bool() if t.dtype == torch.bool else t.detach() != 0
+        if self.structure is Structure.CHANNEL and len(self.groups):
+            kept = torch.zeros(len(self.groups), dtype=torch.long).index_add_(0, self.unit_group, t.long())
+            empty = (kept == 0).nonzero().flatten().tolist()
+            if empty:
+                raise PruningGraphError(f"every channel group must keep at least one unit; groups {empty[:5]} "
+                                        f"keep none (group {empty[0]}: units {self.groups[empty[0]]})")
+        return t
+
+    # -- cost-model queries ---------------------------------------------------------------
+    def kept_channels(self, keep: Any) -> dict[str, int]:
+        """Channels kept along ``channel_dims[node]`` for every node in ``channel_dims``."""
+        if self._channel is None:
+            return {}
+        return kept_counts(self._channel.kept_index, self.check_keep(keep, soft=True).detach())
+
+    def kept_fraction(self, keep: Any) -> dict[str, float]:
+        """Block / N:M: fraction of each weight's units (blocks, or weights) kept."""
+        if self._weights is None:
+            raise PruningGraphError("kept_fraction is for block / nm graphs; use kept_channels for channel graphs")
+        k = self.check_keep(keep, soft=True).detach().double()
+        sums = torch.zeros(len(self.params), dtype=torch.double).index_add_(0, self.unit_param, k)
+        sizes = torch.bincount(self.unit_param, minlength=len(self.params)).double()
+        return {p: float(s / n) for p, s, n in zip(self.params, sums, sizes)}
+
+    # -- per-entry views, for pruners ------------------------------------------------------
+    def param_tables(self) -> dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]]:
+        """Channel graphs: ``(param, dim) -> (entry index along dim, unit of each entry)``."""
+        if self._channel is None:
+            raise PruningGraphError("param_tables is for channel graphs; use entry_units for block / nm")
+        return dict(self._channel.tables)
+
+    def entry_units(self) -> list[tuple[str, torch.Tensor]]:
+        """Block / N:M graphs: ``(param, unit index of every entry, shaped like the weight)``."""
+        if self._weights is None:
+            raise PruningGraphError("entry_units is for block / nm graphs; use param_tables for channel")
+        return [(lay.param, self._weights.entry_unit(lay)) for lay in self._weights.layouts]
+
+    def param_unit_ranges(self) -> list[tuple[str, int, int]]:
+        """Block / N:M graphs: ``(param, first unit, unit count)``; a weight's units are consecutive."""
+        if self._weights is None:
+            raise PruningGraphError("param_unit_ranges is for block / nm graphs")
+        return [(lay.param, lay.offset, lay.n_units) for lay in self._weights.layouts]
+
+    def report(self) -> str:
+        from .report import render
+        return render(self)
+
+    def __repr__(self) -> str:
+        return (f"PruningGraph({self.structure.value}, units={self.num_units}, groups={len(self.groups)}, "
+                f"params={len(self.params)})")
+
+
+def _output_vals(trace: Trace) -> list:
+    out = [n for n in trace.graph.nodes if n.op == "output"][0]
+    flat, _ = tree_flatten(out.args[0])
+    return [n.meta["val"] for n in flat if hasattr(n, "meta") and isinstance(n.meta.get("val"), torch.Tensor)]
+
+
+def _check_nm(nm: Any) -> tuple[int, int]:
+    try:
+        n, m = (int(v) for v in nm)
+    except (TypeError, ValueError):
+        raise PruningGraphError(f"nm must be a pair (N, M) of integers, got {nm!r}") from None
+    if not 1 <= n < m:
+        raise PruningGraphError(f"nm=({n}, {m}) is invalid: need 1 <= N < M (e.g. (2, 4))")
+    return n, m
+
+
+def build(model: nn.Module, example_inputs: Any, profile: Any, structure: Union[str, Structure] = "channel",
+          nm: Any = (2, 4), group_size: Optional[int] = None) -> PruningGraph:
+    """Export ``model`` (eval mode) and find its units of ``structure`` (channel / block / nm).
+
+    ``group_size`` (channel units): channels per unit, default ``profile.tiling.tile_out``.
+    Block units use ``profile.tiling.block``; N:M units keep N of every M weights.
+    """
+    structure = Structure.parse(structure)
+    nm_pair = _check_nm(nm) if structure is Structure.NM else None
+    tiling = getattr(profile, "tiling", None)
+    if tiling is None and (group_size is None or structure is Structure.BLOCK):
+        raise PruningGraphError(f"profile must be a HardwareProfile (with .tiling), got {type(profile).__name__}")
+    if group_size is None:
+        group_size = int(tiling.tile_out)
+    if isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1:
+        raise PruningGraphError(f"group_size must be a positive integer, got {group_size!r}")
+    inputs = as_tuple(example_inputs)
+    trace = Trace.export(model, inputs)
+    if structure is Structure.CHANNEL:
+        cu = build_channel_units(ChannelWalk(trace).run(), group_size)
+        graph = PruningGraph(structure, trace, inputs, group_size, None, channel=cu)
+    else:
+        wu = build_weight_units(trace, structure, tuple(profile.tiling.block), nm_pair)
+        graph = PruningGraph(structure, trace, inputs, None, nm_pair, weights=wu)
+    log.info("%r", graph)
+    return graph

@@ -1,0 +1,130 @@
+"""Hard selection under the true (tiled, non-linear) cost model.
+
+Units are ranked by score; the best unit of every channel group is kept (a group cannot be
+emptied); the longest prefix of the rest that fits the budget is found by bisection (cost is
+monotone in kept units); then any unit whose exact marginal cost still fits is added, best
+first. On return no unkept unit fits, so the cost lies in [target - max unit cost, target].
+"""
+from __future__ import annotations
+
+import torch
+
+from ..errors import BudgetError
+from ..graph_cost import predict, unit_costs
+from ..hardware.budget import Budget, BudgetKind
+from ..hardware.profile import HardwareProfile
+
+
+def measure(report, kind: BudgetKind) -> float:
+    return report.latency_s if kind == BudgetKind.LATENCY else float(report.memory_bytes)
+
+
+def mandatory_keep(graph, scores: torch.Tensor | None = None) -> torch.Tensor:
+    """The units that must stay: the best-scored unit of every channel group (none for block / N:M)."""
+    keep = torch.zeros(graph.num_units, dtype=torch.bool)
+    if graph.structure.value != "channel":
+        return keep
+    for group in graph.groups:
+        units = torch.tensor(list(group))
+        best = units[0] if scores is None else units[torch.argmax(scores[units])]
+        keep[best] = True
+    return keep
+
+
+def minimum_cost(graph, profile: HardwareProfile, kind: BudgetKind) -> float:
+    """The cost of the smallest model the graph allows (what no pruning can go below)."""
+    keep = mandatory_keep(graph)
+    return measure(predict(graph, keep, profile), kind)
+
+
+def select_keep(graph, scores: torch.Tensor, profile: HardwareProfile, budget: Budget, target: float,
+                max_fill_rounds: int = 64) -> torch.Tensor:
+    """A keep-set of the highest-scored units whose true cost is at most ``target``."""
+    kind = budget.kind
+    keep = mandatory_keep(graph, scores)
+    order = [u for u in torch.argsort(scores, descending=True, stable=True).tolist() if not keep[u]]
+
+    def cost_with(k: int) -> float:
+        trial = keep.clone()
+        trial[order[:k]] = True
+        return measure(predict(graph, trial, profile), kind)
+
+    floor = cost_with(0)
+    if floor > target:
+        raise BudgetError(f"budget {budget} = {budget.format_amount(target)} is infeasible: the unprunable parts "
+                          f"cost {budget.format_amount(floor)}; ask for at least that")
+    lo, hi = 0, len(order)  # invariant: cost_with(lo) <= target
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if cost_with(mid) <= target else (lo, mid - 1)
+    keep[order[:lo]] = True
+    return _fill(graph, keep, scores, profile, kind, target, max_fill_rounds)
+
+
+def _fill(graph, keep: torch.Tensor, scores: torch.Tensor, profile: HardwareProfile, kind: BudgetKind,
+          target: float, rounds: int) -> torch.Tensor:
+    """Add the best unkept unit whose exact marginal cost fits the slack, until none does."""
+    rejected: set[int] = set()
+    for _ in range(rounds):
+        slack = target - measure(predict(graph, keep, profile), kind)
+        marginal = unit_costs(graph, profile, kind, keep)
+        fits = (~keep) & (marginal <= slack)
+        for u in rejected:
+            fits[u] = False
+        if not fits.any():
+            break
+        candidates = fits.nonzero().flatten()
+        u = int(candidates[torch.argmax(scores[candidates])])
+        keep[u] = True
+        if measure(predict(graph, keep, profile), kind) > target:  # non-linear interaction: undo
+            keep[u] = False
+            rejected.add(u)
+    return keep
+
+
+# ---------------------------------------------------------------- N:M: which layers to convert
+
+def nm_keep(graph, scores: torch.Tensor, converted: set[str]) -> torch.Tensor:
+    """Keep the N best of every M weights in ``converted`` weights; keep all weights elsewhere."""
+    n, m = graph.nm
+    keep = torch.ones(graph.num_units, dtype=torch.bool)
+    for name, first, count in graph.param_unit_ranges():
+        if name not in converted:
+            continue
+        block = scores[first:first + count].view(-1, m)  # (groups, M)
+        top = torch.zeros_like(block, dtype=torch.bool).scatter_(1, block.topk(n, dim=1).indices, True)
+        keep[first:first + count] = top.flatten()
+    return keep
+
+
+def choose_nm_layers(graph, scores: torch.Tensor, profile: HardwareProfile, budget: Budget,
+                     target: float) -> set[str]:
+    """Weights to store as N:M so the cost fits: least score lost per cost saved first, then revert
+    converted weights to dense (last converted first) while the budget still holds."""
+    kind = budget.kind
+    dense_keep = torch.ones(graph.num_units, dtype=torch.bool)
+    base = measure(predict(graph, dense_keep, profile), kind)
+    ranked = []
+    for name, first, count in graph.param_unit_ranges():
+        alone = nm_keep(graph, scores, {name})
+        saving = base - measure(predict(graph, alone, profile), kind)
+        s = scores[first:first + count]
+        lost = float(s[~alone[first:first + count]].sum() / s.sum().clamp_min(1e-30))
+        if saving > 0:
+            ranked.append((lost / saving, name))
+    converted: list[str] = []
+    cost = base
+    for _, name in sorted(ranked):
+        if cost <= target:
+            break
+        converted.append(name)
+        cost = measure(predict(graph, nm_keep(graph, scores, set(converted)), profile), kind)
+    if cost > target:
+        raise BudgetError(f"budget {budget} = {budget.format_amount(target)} is infeasible with "
+                          f"{graph.nm[0]}:{graph.nm[1]} sparsity: every weight packed costs "
+                          f"{budget.format_amount(cost)}; ask for at least that")
+    for name in reversed(list(converted)):
+        trial = set(converted) - {name}
+        if measure(predict(graph, nm_keep(graph, scores, trial), profile), kind) <= target:
+            converted.remove(name)
+    return set(converted)

@@ -1,0 +1,152 @@
+"""SMART pruner: budgets met exactly by the true cost model; schedule; accuracy on digits; resume."""
+import math
+
+import pytest
+import torch
+
+from npu_compress import BudgetError, list_profiles, load_dataset, models
+from npu_compress.graph_cost import predict, unit_costs
+from npu_compress.pruners import SmartPruner
+from npu_compress.pruners.select import measure, nm_keep
+from npu_compress.train import Epochs, TrainConfig, evaluate, train
+
+
+def _budget_between(name, profile, kind, structure, frac=0.6):
+    """A budget string `frac` of the way from the smallest achievable cost to the dense cost."""
+    model, x = models.create(name), models.example_input(name)
+    probe = SmartPruner(model, (x,), profile, f"{kind}=100%", structure, mask_steps=3)
+    lo, hi = probe.minimum, measure(probe.dense, probe.budget.kind)
+    probe._detach()
+    return model, x, lo, hi, f"{kind}={100 * (lo + frac * (hi - lo)) / hi:.4f}%"
+
+
+def _max_unit_cost(p, keep):
+    if p.graph.structure.value != "nm":
+        return float(unit_costs(p.graph, p.profile, p.budget.kind, keep).max())
+    dense = measure(p.dense, p.budget.kind)
+    scores = p.scores().double()
+    return max(dense - measure(predict(p.graph, nm_keep(p.graph, scores, {name}), p.profile), p.budget.kind)
+               for name, _, _ in p.graph.param_unit_ranges())
+
+
+@pytest.mark.parametrize("structure", ["channel", "block", "nm"])
+@pytest.mark.parametrize("kind", ["latency", "memory"])
+@pytest.mark.parametrize("profile", sorted(list_profiles()))
+@pytest.mark.parametrize("name", ["digits-cnn", "unet-small"])
+def test_final_cost_within_one_unit_of_budget(name, profile, kind, structure):
+    model, x, lo, hi, budget = _budget_between(name, profile, kind, structure)
+    if hi - lo <= 1e-12 * hi:  # this profile cannot make this structure cheaper: any cut is infeasible
+        with pytest.raises(BudgetError, match="infeasible"):
+            SmartPruner(model, (x,), profile, f"{kind}=90%", structure)
+        return
+    p = SmartPruner(model, (x,), profile, budget, structure, mask_steps=3)
+    opt = torch.optim.Adam(p.parameters(), lr=0.05)
+    for _ in range(3):
+        loss = model(torch.randn(4, *x.shape[1:])).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        p.step()
+    result = p.finalize()
+    cost = measure(result.predicted, p.budget.kind)
+    assert cost <= p.target * (1 + 1e-12)
+    assert cost >= p.target - _max_unit_cost(p, result.keep) * (1 + 1e-9)
+    assert result.predicted.latency_s <= result.dense.latency_s
+
+
+def _pruner(**kw):
+    model, x = models.create("digits-cnn"), models.example_input("digits-cnn")
+    return model, x, SmartPruner(model, (x,), "generic-4tops", "latency=50%", **kw)
+
+
+def test_soft_mask_meets_budget_and_temperature_decays_exponentially():
+    model, x, p = _pruner(mask_steps=10, tau_end_ratio=1e-2)
+    f = p.soft_keep()
+    assert abs(float((p.costs * f.detach()).sum()) - p.soft_budget) <= 1e-6 * p.soft_budget
+    tau0 = p.tau
+    for _ in range(10):
+        p.step()
+    assert p.tau == pytest.approx(tau0 * 1e-2, rel=1e-9)
+    frac = p.fractional()
+    p.step()  # past mask_steps: keeps decaying only while units are fractional
+    assert p.tau == pytest.approx(tau0 * 1e-2 * (p.gamma if frac > p.frac_tol else 1.0), rel=1e-9)
+
+
+def test_soft_mask_gradient_reaches_logits_and_weights_stay_plain_after_finalize():
+    model, x, p = _pruner(mask_steps=5)
+    w_before = model.features[1][0].parametrizations.weight.original.detach().clone()
+    model(x).sum().backward()
+    assert p.logits.grad is not None and float(p.logits.grad.abs().sum()) > 0
+    result = p.finalize()
+    conv = model.features[1][0]
+    assert not hasattr(conv, "parametrizations")  # soft masks removed
+    kept_rows = torch.zeros(128, dtype=torch.bool)
+    for u in result.keep.nonzero().flatten().tolist():
+        for s in result.graph.units[u].slices:
+            if s.param == "features.1.0.weight" and s.dim == 0:
+                kept_rows[s.indices()] = True
+    w = conv.weight.detach()
+    assert bool(((w == w_before) | (w == 0)).all())  # W (or pruned: 0), never W ⊙ f
+    assert float(w[kept_rows].abs().sum()) > 0 and float(w[~kept_rows].abs().sum()) == 0.0
+    state = p.state()
+    assert state["predicted"] <= p.target and "tau" in state
+
+
+def test_bad_arguments():
+    model, x = models.create("digits-cnn"), models.example_input("digits-cnn")
+    with pytest.raises(BudgetError, match="infeasible"):
+        SmartPruner(model, (x,), "generic-4tops", "latency=1%")
+    with pytest.raises(ValueError, match="mask_steps"):
+        SmartPruner(model, (x,), "generic-4tops", "latency=50%", mask_steps=0)
+
+
+def test_smart_on_digits_keeps_accuracy_at_half_latency(tmp_path):
+    """Issue acceptance: within 1.5 points of dense (same total epochs), < 1% fractional before finalize."""
+    data = load_dataset("digits")
+    epochs = Epochs(3, 4, 2)
+    cfg = TrainConfig(epochs, progress=False, seed=0)
+    torch.manual_seed(0)
+    dense = models.create("digits-cnn")
+    train(dense, data, TrainConfig(Epochs(epochs.total, 0, 0), progress=False, seed=0))
+    dense_acc = evaluate(dense, data.loaders(256)[1])
+
+    torch.manual_seed(0)
+    model, x = models.create("digits-cnn"), models.example_input("digits-cnn")
+    steps = epochs.mask * len(data.loaders(cfg.batch_size)[0])
+    seen = {}
+
+    def make(m):
+        p = SmartPruner(m, (x,), "generic-4tops", "latency=50%", mask_steps=steps)
+        original = p.finalize
+
+        def finalize():
+            seen["fractional"] = p.fractional()
+            return original()
+        p.finalize = finalize
+        return p
+
+    res = train(model, data, cfg, make_pruner=make)
+    assert seen["fractional"] < 0.01
+    assert res.prune_result.achieved_ratio <= 1.0
+    assert res.accuracy >= dense_acc - 0.015, (res.accuracy, dense_acc)
+
+
+def test_checkpoint_resume_continues_after_the_last_epoch(tmp_path):
+    data = load_dataset("digits").subset(256, 64)
+    x = models.example_input("digits-cnn")
+    ckpt = tmp_path / "run.pt"
+
+    def make(m):
+        return SmartPruner(m, (x,), "generic-4tops", "latency=60%", mask_steps=8)
+
+    torch.manual_seed(0)
+    first = train(models.create("digits-cnn"), data, TrainConfig(Epochs(1, 2, 0), progress=False, checkpoint=ckpt),
+                  make_pruner=make)
+    assert ckpt.is_file() and len(first.history) == 3
+    resumed = train(models.create("digits-cnn"), data,
+                    TrainConfig(Epochs(1, 2, 2), progress=False, checkpoint=ckpt, resume=True), make_pruner=make)
+    assert [h["epoch"] for h in resumed.history] == [0, 1, 2, 3, 4]
+    assert resumed.prune_result.achieved_ratio <= 1.0
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["epoch"] == 4 and not any(".parametrizations." in k for k in saved["model"])
+    assert math.isfinite(resumed.accuracy)

@@ -10,10 +10,14 @@ from .errors import (BudgetError, DataError, ModelSpecError, NpuCompressError, P
                      VerificationError)
 from .data import Dataset, load_dataset
 from .modelspec import LoadedModel, load_model, parse_input_shape
+from .pruners import PRUNERS, PruneResult, SmartPruner
+from .pruning import PruneOutcome, prune
+from .train import Epochs, TrainConfig, train
 from .hardware import (Budget, BudgetKind, CostReport, HardwareProfile, LayerSpec, WeightFormat, estimate,
                        layer_cost, list_profiles, load_profile, trace_layers)
 
-__all__ = ["__version__", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "Dataset",
+__all__ = ["__version__", "Epochs", "PRUNERS", "PruneOutcome", "PruneResult", "SmartPruner", "TrainConfig",
+           "prune", "train", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "Dataset",
            "HardwareProfile", "LoadedModel", "load_dataset", "load_model", "parse_input_shape",
            "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "TraceError", "VerificationError",
            "WeightFormat", "estimate", "layer_cost", "list_profiles", "load_profile", "trace_layers"]

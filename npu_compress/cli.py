@@ -5,6 +5,8 @@ Every bad input ends as one line on stderr and exit code 2; nothing is half-writ
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 import logging
 import sys
 from typing import Callable, Sequence
@@ -12,6 +14,8 @@ from typing import Callable, Sequence
 from . import __version__
 from .errors import NpuCompressError
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
+from .pruners import PRUNERS
+from .train import OptimizerKind
 
 EXIT_BAD_INPUT = 2
 DEMO_MODEL = "digits-cnn"
@@ -48,6 +52,68 @@ def _cmd_cost(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .io import write_atomic
+    from .pruning import prune
+    from .train import Epochs, OptimizerKind, TrainConfig
+
+    if args.distributed:
+        dist.init_process_group("gloo")  # rank / world size / master address from torchrun's environment
+    output = Path(args.output)
+    config = TrainConfig(Epochs.parse(args.epochs), optimizer=OptimizerKind(args.optimizer), lr=args.lr,
+                         batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+                         checkpoint=output.with_name(output.name + ".progress"), resume=args.resume)
+    try:
+        outcome = prune(args.model, args.data, args.profile, args.budget, structure=args.structure,
+                        method=args.method, config=config, input_shape=_shape(args.input_shape),
+                        nm=_nm(args.nm), output=output if _rank0() else None)
+    finally:
+        if args.distributed:
+            dist.destroy_process_group()
+    report = outcome.checkpoint.report
+    if _rank0():
+        config.checkpoint.unlink(missing_ok=True)  # the run finished: the resume file has served
+        if args.json:
+            write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+        print(_prune_table(report, output))
+    return 0
+
+
+def _rank0() -> bool:
+    import torch.distributed as dist
+
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _shape(text: str | None):
+    from .modelspec import parse_input_shape
+
+    return parse_input_shape(text) if text else None
+
+
+def _nm(text: str) -> tuple[int, int]:
+    parts = text.split(":")
+    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
+        raise NpuCompressError(f"--nm '{text}' must be N:M with 0 < N < M, e.g. 2:4")
+    return int(parts[0]), int(parts[1])
+
+
+def _prune_table(r: dict, output: Path) -> str:
+    d, p = r["dense"], r["pruned"]
+    acc = lambda a: "-" if a is None else f"{100 * a:.2f}%"  # noqa: E731
+    rows = [f"pruned with {r['method']} to {r['budget']} on {r['profile']} -> {output}",
+            f"{'':<22}{'dense':>14}{'pruned':>14}",
+            f"{'latency (ms)':<22}{d['latency_s'] * 1e3:>14.4f}{p['latency_s'] * 1e3:>14.4f}",
+            f"{'memory (bytes)':<22}{d['memory_bytes']:>14,}{p['memory_bytes']:>14,}",
+            f"{'MACs':<22}{d['macs']:>14,}{p['macs']:>14,}",
+            f"{'params':<22}{d['params']:>14,}{p['params']:>14,}",
+            f"{'accuracy':<22}{acc(r['dense_accuracy']):>14}{acc(r['accuracy']):>14}",
+            f"achieved / budget: {r['achieved_ratio']:.4f}; units kept {r['units_kept']}/{r['units']}"]
+    return "\n".join(rows)
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
@@ -81,6 +147,27 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--json", action="store_true", help="print the report as JSON")
     sc.add_argument("--all", action="store_true", help="also list layers fused into their producer")
     sc.set_defaults(func=_cmd_cost)
+
+    sp = sub.add_parser("prune", help="train, prune to a budget on a profile, fine-tune; write a checkpoint")
+    sp.add_argument("--model", required=True, help="zoo name, package.module:factory, file.py:factory, or .pt2")
+    sp.add_argument("--data", required=True, help="'digits' (bundled) or a .npz with x_train,y_train,x_test,y_test")
+    sp.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile name or .toml (default {DEFAULT_PROFILE})")
+    sp.add_argument("--budget", required=True, help="latency=2.5ms | latency=50%% | memory=1.5MiB | memory=40%%")
+    sp.add_argument("--structure", default="channel", choices=["channel", "block", "nm"])
+    sp.add_argument("--nm", default="2:4", help="N:M pattern for --structure nm (default 2:4)")
+    sp.add_argument("--method", default="smart", choices=sorted(PRUNERS))
+    sp.add_argument("--epochs", default="2,6,2", help="warm-up,mask,fine-tune epochs (default 2,6,2)")
+    sp.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind])
+    sp.add_argument("--lr", type=float, default=0.05)
+    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--seed", type=int, default=0)
+    sp.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32 (when the model has no default)")
+    sp.add_argument("-o", "--output", required=True, help="checkpoint to write (atomically)")
+    sp.add_argument("--json", help="also write the report as JSON here")
+    sp.add_argument("--resume", action="store_true", help="continue from OUTPUT.progress after an interruption")
+    sp.add_argument("--distributed", action="store_true", help="run under torchrun (DDP, gloo backend)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.set_defaults(func=_cmd_prune)
 
     sd = sub.add_parser("demo", help="run the built-in demo")
     sd.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile (default {DEFAULT_PROFILE})")

@@ -128,6 +128,7 @@ class _Phase:
 
 
 def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) -> dict[str, float]:
+    """One pass over ``loader``; ``model`` may be a DistributedDataParallel wrapper."""
     from tqdm import tqdm
 
     model.train()
@@ -153,6 +154,9 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
     """Run the three phases on ``data``; returns history, accuracies and the pruner's result."""
     torch.manual_seed(cfg.seed)
     train_loader, test_loader = _loaders(data, cfg)
+    distributed = dist.is_available() and dist.is_initialized()
+    net = model  # under DDP: a wrapper rebuilt each phase (the pruner re-wraps parameters); pruner uses ``model``
+    rank0 = not distributed or dist.get_rank() == 0
     batches = len(train_loader)
     result = TrainResult()
     start = 0
@@ -176,8 +180,11 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
             result.prune_result = pruner.finalize()
         if phase is None or phase.name != name:
             phase = _Phase(name, model, cfg, plan.count(name), batches, pruner)
+            net = nn.parallel.DistributedDataParallel(model) if distributed else model
             _skip_schedule(phase, epoch - plan.index(name), batches)
-        stats = _epoch(model, train_loader, phase, cfg.progress, f"{name} {epoch + 1}/{len(plan)}")
+        if distributed:
+            train_loader.sampler.set_epoch(epoch)
+        stats = _epoch(net, train_loader, phase, cfg.progress and rank0, f"{name} {epoch + 1}/{len(plan)}")
         stats.update(epoch=epoch, phase=name, test_acc=evaluate(model, test_loader))
         if pruner is not None:
             stats.update({k: v for k, v in pruner.state().items() if isinstance(v, (int, float))})
@@ -186,7 +193,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
                                                         for k, v in stats.items()})
         if name == "warmup" and epoch == cfg.epochs.warmup - 1:
             result.dense_accuracy = stats["test_acc"]
-        if cfg.checkpoint is not None:
+        if cfg.checkpoint is not None and rank0:
             _save_checkpoint(cfg, epoch, model, pruner, result)
     if pruner is not None and pruner.result is None:
         result.prune_result = pruner.finalize()  # no fine-tune epochs: still end with the hard mask

@@ -51,3 +51,34 @@ def test_help_lists_commands(capsys):
     out = capsys.readouterr().out
     for cmd in ("profiles", "cost", "demo"):
         assert cmd in out
+
+
+def test_prune_writes_checkpoint_and_json_report(capsys, tmp_path):
+    from npu_compress.checkpoint import PruneCheckpoint
+
+    out, report = tmp_path / "d.ckpt", tmp_path / "d.json"
+    code, stdout, _ = run(capsys, "prune", "--model", "digits-cnn", "--data", "digits", "--budget", "latency=60%",
+                          "--epochs", "1,1,1", "--no-progress", "-o", str(out), "--json", str(report))
+    assert code == 0 and "achieved / budget" in stdout
+    r = json.loads(report.read_text())
+    assert 0 < r["achieved_ratio"] <= 1.0 and r["pruned"]["latency_s"] < r["dense"]["latency_s"]
+    ckpt = PruneCheckpoint.load(out)
+    assert ckpt.model_spec == "digits-cnn" and ckpt.budget == "latency=60%" and len(ckpt.keep) == r["units"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.ckpt", "d.json"]  # no progress file left
+
+
+def test_prune_infeasible_budget_fails_before_training(capsys, tmp_path):
+    code, _, err = run(capsys, "prune", "--model", "digits-cnn", "--data", "digits", "--budget", "latency=5%",
+                       "--no-progress", "-o", str(tmp_path / "x.ckpt"))
+    assert code == 2 and "infeasible" in err and "at least" in err and err.count("\n") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_prune_bad_epochs_and_data(capsys, tmp_path):
+    code, _, err = run(capsys, "prune", "--model", "digits-cnn", "--data", "digits", "--budget", "latency=50%",
+                       "--epochs", "1,2", "-o", str(tmp_path / "x.ckpt"))
+    assert code == 2 and "W,M,F" in err
+    code, _, err = run(capsys, "prune", "--model", "resnet20", "--data", "digits", "--budget", "latency=50%",
+                       "-o", str(tmp_path / "x.ckpt"))
+    assert code == 2 and "(1, 8, 8)" in err
+    assert list(tmp_path.iterdir()) == []

@@ -1,0 +1,90 @@
+"""``prune``: model spec + data + profile + budget + method -> trained, pruned model and checkpoint.
+
+    outcome = nc.prune("digits-cnn", "digits", "generic-4tops", "latency=50%", method="smart",
+                       config=TrainConfig(Epochs(3, 4, 2)), output="digits.ckpt")
+    outcome.result.predicted.latency_s, outcome.train.accuracy
+"""
+from __future__ import annotations
+
+import inspect
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .checkpoint import PruneCheckpoint
+from .data import Dataset, load_dataset
+from .errors import DataError
+from .hardware.budget import Budget
+from .hardware.profile import HardwareProfile, load_profile
+from .modelspec import LoadedModel, load_model
+from .pruners import Pruner, PruneResult, get_pruner
+from .train import TrainConfig, TrainResult, clean_state_dict, train
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneOutcome:
+    model: torch.nn.Module  # fine-tuned, hard mask applied (zeros), original shapes
+    result: PruneResult
+    train: TrainResult
+    checkpoint: PruneCheckpoint
+
+
+def _check_data(loaded: LoadedModel, data: Dataset) -> None:
+    if tuple(loaded.input_shape[1:]) != tuple(data.input_shape):
+        raise DataError(f"data '{data.name}' has samples of shape {tuple(data.input_shape)} but model "
+                        f"'{loaded.spec}' takes {tuple(loaded.input_shape[1:])}; pick matching data or --input-shape")
+    if loaded.num_classes is not None and loaded.num_classes < data.num_classes:
+        raise DataError(f"data '{data.name}' has {data.num_classes} classes but model '{loaded.spec}' outputs "
+                        f"{loaded.num_classes}")
+
+
+def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budget: str | Budget, *,
+          structure: str = "channel", method: str = "smart", config: TrainConfig,
+          input_shape: tuple[int, ...] | None = None, nm: tuple[int, int] = (2, 4),
+          group_size: int | None = None, output: str | Path | None = None) -> PruneOutcome:
+    """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``."""
+    loaded = load_model(model, input_shape)
+    dataset = (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
+    _check_data(loaded, dataset)
+    prof = load_profile(profile)
+    bud = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    cls = get_pruner(method)
+    example = torch.zeros(1, *loaded.input_shape[1:])
+    batches = len(dataset.loaders(config.batch_size, seed=config.seed)[0])
+    extra = {"mask_steps": max(config.epochs.mask * batches, 1)} \
+        if "mask_steps" in inspect.signature(cls).parameters else {}
+
+    # fail before any training: budget feasibility (and, for N:M, which weights convert) needs no data
+    Pruner(loaded.module, (example,), prof, bud, structure, nm=nm, group_size=group_size)
+
+    def make(m: torch.nn.Module):
+        return cls(m, (example,), prof, bud, structure, nm=nm, group_size=group_size, **extra)
+
+    run = train(loaded.module, dataset, config, make_pruner=make)
+    result = run.prune_result
+    ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
+                           budget=str(bud), structure=structure, method=method, keep=result.keep.clone(),
+                           state_dict=clean_state_dict(loaded.module), nm=tuple(nm), group_size=group_size,
+                           report=summary(result, run, dataset, method))
+    if output is not None:
+        ckpt.save(output)
+    return PruneOutcome(loaded.module, result, run, ckpt)
+
+
+def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str) -> dict[str, Any]:
+    """The numbers a pipeline wants: costs before/after, budget exactness, accuracy."""
+    return {"method": method, "data": data.name, "profile": result.dense.profile, "budget": str(result.budget),
+            "target": result.target, "achieved_ratio": result.achieved_ratio,
+            "units_kept": int(result.keep.sum()), "units": len(result.keep),
+            "dense": _cost(result.dense), "pruned": _cost(result.predicted),
+            "dense_accuracy": run.dense_accuracy, "accuracy": run.accuracy, "epochs": len(run.history)}
+
+
+def _cost(report) -> dict[str, Any]:
+    return {"latency_s": report.latency_s, "memory_bytes": report.memory_bytes, "macs": report.macs,
+            "params": report.params, "peak_activation_bytes": report.peak_activation_bytes}

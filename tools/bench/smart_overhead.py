@@ -1,0 +1,83 @@
+"""SMART training-step time / plain training-step time, measured side by side (interleaved).
+
+    python tools/bench/smart_overhead.py [--model resnet20] [--batch 128] [--steps 20] [--structure channel]
+
+A SMART step = forward with soft masks (soft top-k solve + per-parameter masks) + backward +
+SGD step + Adam step on the logits + pruner.step(). A plain step = the same without the pruner.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from _common import machine, write_json  # noqa: E402
+
+from npu_compress import SmartPruner, models  # noqa: E402
+
+
+def _stepper(model, pruner=None):
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    mask_opt = torch.optim.Adam(pruner.parameters(), lr=0.05) if pruner else None
+
+    def step(x, y):
+        loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        if mask_opt:
+            mask_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if mask_opt:
+            mask_opt.step()
+            pruner.step()
+    return step
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="resnet20", choices=models.names())
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--profile", default="ethos-u55-128")
+    ap.add_argument("--budget", default="latency=50%")
+    ap.add_argument("--structure", default="channel", choices=["channel", "block", "nm"])
+    ap.add_argument("--out", default="bench_results/smart_overhead.json")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    x = torch.randn(args.batch, *models.example_input(args.model).shape[1:])
+    y = torch.randint(0, 10, (args.batch,))
+    plain_model, smart_model = models.create(args.model), models.create(args.model)
+    smart_model.load_state_dict(plain_model.state_dict())
+    pruner = SmartPruner(smart_model, (x[:1],), args.profile, args.budget, args.structure,
+                         mask_steps=10 * args.steps)
+    plain, smart = _stepper(plain_model), _stepper(smart_model, pruner)
+    for _ in range(3):  # warm-up both
+        plain(x, y)
+        smart(x, y)
+    t_plain, t_smart = [], []
+    for _ in range(args.steps):  # interleaved, so drift in machine load hits both alike
+        for fn, acc in ((plain, t_plain), (smart, t_smart)):
+            t0 = time.perf_counter()
+            fn(x, y)
+            acc.append(time.perf_counter() - t0)
+    p, s = statistics.median(t_plain), statistics.median(t_smart)
+    row = {"model": args.model, "batch": args.batch, "structure": args.structure, "units": pruner.graph.num_units,
+           "plain_step_s": p, "smart_step_s": s, "ratio": s / p}
+    print(f"SMART step vs plain step, {args.model} batch {args.batch}, {args.structure} structure "
+          f"({pruner.graph.num_units} units), median of {args.steps} interleaved steps")
+    print(f"{'plain ms':>10} {'smart ms':>10} {'ratio':>7}")
+    print(f"{p * 1e3:>10.1f} {s * 1e3:>10.1f} {s / p:>7.3f}")
+    write_json(args.out, {"benchmark": "smart_overhead", "machine": machine(), "row": row})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -10,6 +10,7 @@ from .errors import (BudgetError, DataError, ModelSpecError, NpuCompressError, P
                      VerificationError)
 from .data import Dataset, load_dataset
 from .modelspec import LoadedModel, load_model, parse_input_shape
+from . import graph, models
 from .pruners import PRUNERS, PruneResult, SmartPruner
 from .pruning import PruneOutcome, prune
 from .train import Epochs, TrainConfig, train

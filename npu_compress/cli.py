@@ -65,15 +65,16 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     config = TrainConfig(Epochs.parse(args.epochs), optimizer=OptimizerKind(args.optimizer), lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                          checkpoint=output.with_name(output.name + ".progress"), resume=args.resume)
+    rank0 = _rank0()  # only rank 0 writes files and prints
     try:
         outcome = prune(args.model, args.data, args.profile, args.budget, structure=args.structure,
                         method=args.method, config=config, input_shape=_shape(args.input_shape),
-                        nm=_nm(args.nm), output=output if _rank0() else None)
+                        nm=_nm(args.nm), output=output if rank0 else None)
     finally:
         if args.distributed:
             dist.destroy_process_group()
     report = outcome.checkpoint.report
-    if _rank0():
+    if rank0:
         config.checkpoint.unlink(missing_ok=True)  # the run finished: the resume file has served
         if args.json:
             write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))

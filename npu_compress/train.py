@@ -135,7 +135,7 @@ def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) 
     seen = correct = 0
     loss_sum = 0.0
     bar = tqdm(loader, desc=label, leave=False, disable=not progress)
-    for x, y in bar:
+    for i, (x, y) in enumerate(bar):
         out = model(x)
         loss = F.cross_entropy(out, y)
         phase.step(loss)
@@ -143,9 +143,12 @@ def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) 
         loss_sum += loss.item() * len(y)
         correct += int((out.argmax(1) == y).sum())
         post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
-        if phase.name == "mask" and hasattr(phase.pruner, "tau"):
-            post["tau"] = f"{phase.pruner.tau:.2e}"
-        bar.set_postfix(post)
+        if phase.name == "mask" and progress and i % 10 == 0:  # state() runs the cost model: not every batch
+            state = phase.pruner.state()
+            post.update({k: f"{state[k]:.3g}" for k in ("tau", "fractional", "predicted") if k in state})
+            bar.set_postfix(post)
+        elif i % 10 == 0:
+            bar.set_postfix(post)
     return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 

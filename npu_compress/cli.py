@@ -115,16 +115,43 @@ def _prune_table(r: dict, output: Path) -> str:
     return "\n".join(rows)
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_onnx
+    from .io import write_atomic
+
+    report = export_onnx(args.checkpoint, args.output, opset=args.opset, verify=not args.no_verify,
+                         tolerance=args.tolerance, samples=_samples(args.data) if args.data else None)
+    if args.json:
+        write_atomic(args.json, lambda tmp: tmp.write_text(report.to_json()))
+    print(report.table())
+    return 0
+
+
+def _samples(data: str, n: int = 64):
+    """Real inputs to verify on: the first ``n`` test samples, normalised as in training."""
+    from .data import load_dataset
+
+    return load_dataset(data).normalized().x_test[:n]
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
+    """The whole path on the bundled digits: train, SMART to latency=50%, fine-tune, export, verify."""
     import torch
 
-    from . import models
+    from .export import export_onnx
+    from .pruning import prune
+    from .train import Epochs, TrainConfig
 
+    out = Path(args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
     profile = load_profile(args.profile)
-    model = models.create(DEMO_MODEL)
-    report = estimate(model, models.example_input(DEMO_MODEL), profile)
-    print(f"npu-compress {__version__} demo: cost of the built-in '{DEMO_MODEL}' model on profile "
-          f"'{profile.name}' (torch {torch.__version__})\n")
+    print(f"npu-compress {__version__} demo: '{DEMO_MODEL}' on the bundled 8x8 digits, SMART to {args.budget} "
+          f"on '{profile.name}' (torch {torch.__version__})\n")
+    ckpt = out / f"{DEMO_MODEL}.ckpt"
+    outcome = prune(DEMO_MODEL, "digits", profile, args.budget, method="smart",
+                    config=TrainConfig(Epochs.parse(args.epochs), progress=not args.no_progress), output=ckpt)
+    print(_prune_table(outcome.checkpoint.report, ckpt) + "\n")
+    report = export_onnx(ckpt, out / f"{DEMO_MODEL}.onnx", samples=_samples("digits"))
     print(report.table())
     return 0
 
@@ -170,8 +197,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=_cmd_prune)
 
-    sd = sub.add_parser("demo", help="run the built-in demo")
+    se = sub.add_parser("export", help="checkpoint -> simplified, verified ONNX and a report")
+    se.add_argument("checkpoint", help="a checkpoint written by 'npu-compress prune'")
+    se.add_argument("-o", "--output", required=True, help="the .onnx to write (atomically, only if verified)")
+    se.add_argument("--json", help="also write the report as JSON here")
+    se.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
+    se.add_argument("--tolerance", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
+    se.add_argument("--opset", type=int, default=17)
+    se.add_argument("--data", help="also verify on real samples: 'digits' or an .npz (its first 64 test samples)")
+    se.set_defaults(func=_cmd_export)
+
+    sd = sub.add_parser("demo", help="the whole path on bundled data: train, prune, fine-tune, export, verify")
     sd.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile (default {DEFAULT_PROFILE})")
+    sd.add_argument("--budget", default="latency=50%", help="budget (default latency=50%%)")
+    sd.add_argument("--epochs", default="3,4,2", help="warm-up,mask,fine-tune epochs (default 3,4,2)")
+    sd.add_argument("--output-dir", default="demo_out", help="where the checkpoint and ONNX go (default demo_out)")
+    sd.add_argument("--no-progress", action="store_true", help="no progress bars")
     sd.set_defaults(func=_cmd_demo)
     return p
 

@@ -39,9 +39,32 @@ def test_cost_bad_model_and_shape(capsys):
     assert code == 2 and err.count("\n") == 1
 
 
-def test_demo_prints_cost_table(capsys):
-    code, out, _ = run(capsys, "demo")
+def test_demo_runs_the_whole_path(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--epochs", "1,1,1", "--no-progress", "--output-dir", str(tmp_path))
     assert code == 0 and "digits-cnn" in out and "generic-4tops" in out
+    assert "achieved / budget" in out and "passed" in out
+    assert (tmp_path / "digits-cnn.onnx").is_file() and (tmp_path / "digits-cnn.ckpt").is_file()
+
+
+def test_export_command_writes_verified_onnx_and_json(capsys, tmp_path):
+    ckpt = tmp_path / "d.ckpt"
+    assert run(capsys, "prune", "--model", "digits-cnn", "--data", "digits", "--budget", "memory=50%",
+               "--structure", "block", "--epochs", "1,1,0", "--no-progress", "-o", str(ckpt))[0] == 0
+    code, out, _ = run(capsys, "export", str(ckpt), "-o", str(tmp_path / "d.onnx"), "--json",
+                       str(tmp_path / "r.json"), "--data", "digits")
+    assert code == 0 and "passed" in out
+    r = json.loads((tmp_path / "r.json").read_text())
+    assert r["structure"] == "block" and r["verification"]["passed"] and r["packed"]
+    assert r["verification"]["samples"] == 4 + 64
+    assert r["onnx_weight_bytes"] < r["onnx_dense_weight_bytes"]
+
+
+def test_export_bad_checkpoint_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("nope")
+    code, _, err = run(capsys, "export", str(bad), "-o", str(tmp_path / "x.onnx"))
+    assert code == 2 and err.count("\n") == 1 and "not readable" in err
+    assert not (tmp_path / "x.onnx").exists()
 
 
 def test_help_lists_commands(capsys):

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import NpuCompressError
+from ..export.onnx_export import attach_result
 from ..graph import apply_masks, build
 from ..graph_cost import predict
 from ..hardware.budget import Budget
@@ -97,6 +98,7 @@ class Pruner:
         apply_masks(self.model, self.graph, keep)
         self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
                                   self.budget, self.target)
+        attach_result(self.model, self.result)  # the model carries its masks to export_onnx
         return self.result
 
     def _before_finalize(self) -> None:
@@ -115,6 +117,7 @@ class Pruner:
             apply_masks(self.model, self.graph, keep)
             self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
                                       self.budget, self.target)
+            attach_result(self.model, self.result)
 
     def state(self) -> dict[str, float]:
         """Numbers for progress bars and logs."""

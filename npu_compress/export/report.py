@@ -1,0 +1,72 @@
+"""The export report: costs before/after on the profile, file and weight bytes, verification."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+import onnx
+from onnx import numpy_helper
+
+from ..hardware.cost import CostReport
+
+
+def onnx_weight_bytes(model: onnx.ModelProto) -> int:
+    """Bytes of all initializers (weights, packed values and indices, shape constants)."""
+    return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+
+
+def _cost(r: CostReport | None) -> dict[str, Any] | None:
+    if r is None:
+        return None
+    return {"latency_s": r.latency_s, "memory_bytes": r.memory_bytes, "macs": r.macs, "params": r.params,
+            "peak_activation_bytes": r.peak_activation_bytes}
+
+
+@dataclass
+class ExportReport:
+    path: str
+    structure: str  # dense | channel | block | nm
+    profile: str
+    opset: int
+    file_bytes: int
+    onnx_weight_bytes: int  # initializers in the file (packed values + indices for block / N:M)
+    onnx_dense_weight_bytes: int  # initializers before packing
+    dense: CostReport
+    pruned: CostReport  # re-estimated from the exported (pruned or packed) model
+    predicted: CostReport | None  # what the pruner's graph predicted for the keep-set
+    verification: Any = None  # VerifyResult, or None with --no-verify
+    packed: list = field(default_factory=list)  # PackedWeight per packed tensor
+    unprunable: list = field(default_factory=list)  # the pruning graph's report lines
+
+    def to_dict(self) -> dict[str, Any]:
+        v = self.verification
+        return {"path": self.path, "structure": self.structure, "profile": self.profile, "opset": self.opset,
+                "file_bytes": self.file_bytes, "onnx_weight_bytes": self.onnx_weight_bytes,
+                "onnx_dense_weight_bytes": self.onnx_dense_weight_bytes,
+                "dense": _cost(self.dense), "pruned": _cost(self.pruned), "predicted": _cost(self.predicted),
+                "verification": None if v is None else {**dataclasses.asdict(v), "passed": v.passed},
+                "packed": [dataclasses.asdict(p) for p in self.packed], "unprunable": self.unprunable}
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def table(self) -> str:
+        d, p = self.dense, self.pruned
+        rows = [f"exported {self.structure} model -> {self.path} ({self.file_bytes:,} bytes, opset {self.opset})",
+                f"{'on ' + self.profile:<24}{'dense':>14}{'pruned':>14}{'ratio':>8}"]
+        for label, a, b in (("latency (ms)", d.latency_s * 1e3, p.latency_s * 1e3),
+                            ("memory (bytes)", d.memory_bytes, p.memory_bytes), ("MACs", d.macs, p.macs),
+                            ("params", d.params, p.params)):
+            fmt = ".4f" if isinstance(a, float) else ","
+            rows.append(f"{label:<24}{a:>14{fmt}}{b:>14{fmt}}{(b / a if a else 1.0):>8.3f}")
+        rows.append(f"{'ONNX weight bytes':<24}{self.onnx_dense_weight_bytes:>14,}{self.onnx_weight_bytes:>14,}"
+                    f"{self.onnx_weight_bytes / max(self.onnx_dense_weight_bytes, 1):>8.3f}")
+        if self.packed:
+            rows.append(f"packed tensors: {len(self.packed)} ({self.structure})")
+        v = self.verification
+        rows.append("verification: skipped" if v is None else
+                    f"verification: max abs error {v.max_abs_error:.2e}, max rel {v.max_rel_error:.2e} over "
+                    f"{v.samples} samples (tolerance {v.tolerance:g}): {'passed' if v.passed else 'FAILED'}")
+        return "\n".join(rows)

@@ -1,0 +1,93 @@
+"""Verify an exported ONNX against the torch model: onnxruntime vs torch on the same inputs.
+
+    >>> result = verify_onnx("model.onnx", model, [torch.randn(4, 3, 32, 32)], tolerance=1e-4)
+    >>> result.max_abs_error, result.max_rel_error
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import VerificationError
+
+DEFAULT_TOLERANCE = 1e-4  # max abs error for float32
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    max_abs_error: float
+    max_rel_error: float  # max |a - b| / (|b| + 1e-6) ... reported, not gated
+    samples: int
+    tolerance: float
+
+    @property
+    def passed(self) -> bool:
+        return self.max_abs_error <= self.tolerance
+
+
+def _as_batches(inputs: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
+    if isinstance(inputs, torch.Tensor):
+        return [inputs]
+    return [t for t in inputs]
+
+
+def _flat_outputs(out) -> list[torch.Tensor]:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    flat: list[torch.Tensor] = []
+    for o in out:
+        flat += _flat_outputs(o)
+    return flat
+
+
+def run_onnx(path: str | Path, x: torch.Tensor) -> list[np.ndarray]:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return session.run(None, {name: x.detach().cpu().numpy()})
+
+
+def compare(path: str | Path, model: nn.Module, batches: Sequence[torch.Tensor],
+            tolerance: float = DEFAULT_TOLERANCE) -> VerifyResult:
+    """Errors of the ONNX file against ``model`` (eval mode) over ``batches``, without raising."""
+    was = model.training
+    model.eval()
+    abs_err = rel_err = 0.0
+    samples = 0
+    try:
+        for x in batches:
+            with torch.no_grad():
+                ref = [t.numpy() for t in _flat_outputs(model(x))]
+            got = run_onnx(path, x)
+            if len(got) != len(ref):
+                raise VerificationError(f"'{path}' has {len(got)} outputs, the torch model {len(ref)}")
+            for a, b in zip(got, ref):
+                if a.shape != b.shape:
+                    raise VerificationError(f"'{path}' output shape {a.shape} differs from torch {b.shape}")
+                diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
+                abs_err = max(abs_err, float(diff.max(initial=0.0)))
+                rel_err = max(rel_err, float((diff / (np.abs(b) + 1e-6)).max(initial=0.0)))
+            samples += len(x)
+    finally:
+        model.train(was)
+    return VerifyResult(abs_err, rel_err, samples, tolerance)
+
+
+def verify_onnx(path: str | Path, reference_model: nn.Module, inputs: torch.Tensor | Iterable[torch.Tensor],
+                tolerance: float = DEFAULT_TOLERANCE) -> VerifyResult:
+    """Run ``path`` in onnxruntime and ``reference_model`` in torch on ``inputs`` (a tensor or batches);
+    raise :class:`VerificationError` if the max abs error exceeds ``tolerance``."""
+    result = compare(path, reference_model, _as_batches(inputs), tolerance)
+    if not result.passed:
+        raise VerificationError(f"'{path}' differs from the torch model: max abs error {result.max_abs_error:.3g} "
+                                f"> tolerance {tolerance:g} (max rel error {result.max_rel_error:.3g}, "
+                                f"{result.samples} samples)")
+    return result

@@ -66,7 +66,8 @@ def test_export_verifies_and_costs_match(name, structure, frac, tmp_path):
     path = tmp_path / "m.onnx"
     report = export_onnx(model, path, example_inputs=(x,))
     onnx.checker.check_model(str(path))
-    assert report.verification.passed and report.verification.max_abs_error <= 1e-4
+    v = report.verification
+    assert v.passed and v.max_abs_error <= 1e-4 * max(1.0, v.scale)
     assert report.pruned.latency_s == pytest.approx(result.predicted.latency_s, rel=1e-12)
     assert report.pruned.memory_bytes == result.predicted.memory_bytes
     # dynamic batch: a batch of 3 runs too

@@ -186,7 +186,8 @@ def _export(job: _Job, path: Path, opset: int, verify: bool, tolerance: float, s
             if not verification.passed:
                 from ..errors import VerificationError
                 raise VerificationError(f"'{path}' would differ from the torch model: max abs error "
-                                        f"{verification.max_abs_error:.3g} > tolerance {tolerance:g}; nothing written")
+                                        f"{verification.max_abs_error:.3g} > tolerance {tolerance:g} x output scale "
+                                        f"{verification.scale:.3g}; nothing written")
     return _report(job, path, exported_model, proto, dense_bytes, packed, verification, opset)
 
 

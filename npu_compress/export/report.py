@@ -68,5 +68,6 @@ class ExportReport:
         v = self.verification
         rows.append("verification: skipped" if v is None else
                     f"verification: max abs error {v.max_abs_error:.2e}, max rel {v.max_rel_error:.2e} over "
-                    f"{v.samples} samples (tolerance {v.tolerance:g}): {'passed' if v.passed else 'FAILED'}")
+                    f"{v.samples} samples (tolerance {v.tolerance:g} x output scale {v.scale:.3g}): "
+                    f"{'passed' if v.passed else 'FAILED'}")
         return "\n".join(rows)

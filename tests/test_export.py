@@ -125,8 +125,11 @@ def test_verification_failure_leaves_nothing_and_keeps_existing_file(tmp_path):
         verify_onnx(path, perturbed, torch.randn(2, 1, 8, 8))
 
 
-def test_unwritable_path(tmp_path):
+def test_unwritable_path_and_wrong_structure(tmp_path):
     model, x, _ = _pruned("digits-cnn", "channel", 0.3)
+    from npu_compress import NpuCompressError
+    with pytest.raises(NpuCompressError, match="pruned with structure 'channel'"):
+        export_onnx(model, tmp_path / "m.onnx", example_inputs=(x,), structure="block")
     with pytest.raises(OutputError, match="does not exist"):
         export_onnx(model, tmp_path / "no" / "such" / "m.onnx", example_inputs=(x,))
 

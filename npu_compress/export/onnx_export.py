@@ -140,16 +140,21 @@ def _outputs(model: nn.Module, example: torch.Tensor) -> list:
 
 
 def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, example_inputs: Any = None,
-                profile: str | HardwareProfile | None = None, opset: int = 17, verify: bool = True,
+                profile: str | HardwareProfile | None = None, structure: str | None = None, opset: int = 17,
+                verify: bool = True,
                 tolerance: float = DEFAULT_TOLERANCE, samples: torch.Tensor | None = None,
                 reference: nn.Module | None = None) -> ExportReport:
     """Export, simplify, (pack), check and verify; write ``path`` atomically; return the report.
 
+    ``structure``: optional check; the structure is the one the model was pruned with.
     ``samples``: real inputs to verify on besides random ones. ``reference``: the torch model to
     verify against (default: the masked model as trained).
     """
     src = model_or_checkpoint
     job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
+    if structure is not None and structure != job.structure:
+        raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "
+                               f"'{job.structure}' (dense: not pruned); export it as '{job.structure}'")
     was_training = job.masked.training
     job.masked.eval()
     try:

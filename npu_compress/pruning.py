@@ -24,6 +24,7 @@ from .pruners import Pruner, PruneResult, get_pruner
 from .train import TrainConfig, TrainResult, clean_state_dict, train
 
 log = logging.getLogger(__name__)
+CALIBRATION_SAMPLES = 256
 
 
 @dataclass
@@ -56,8 +57,7 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     cls = get_pruner(method)
     example = torch.zeros(1, *loaded.input_shape[1:])
     batches = len(dataset.loaders(config.batch_size, seed=config.seed)[0])
-    extra = {"mask_steps": max(config.epochs.mask * batches, 1)} \
-        if "mask_steps" in inspect.signature(cls).parameters else {}
+    extra = pruner_kwargs(cls, max(config.epochs.mask * batches, 1), dataset)
 
     # fail before any training: budget feasibility (and, for N:M, which weights convert) needs no data
     Pruner(loaded.module, (example,), prof, bud, structure, nm=nm, group_size=group_size)
@@ -74,6 +74,17 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     if output is not None:
         ckpt.save(output)
     return PruneOutcome(loaded.module, result, run, ckpt)
+
+
+def pruner_kwargs(cls: type, mask_steps: int, dataset: Dataset) -> dict[str, Any]:
+    """The driver-supplied knobs a pruner class takes: mask-phase length, calibration inputs."""
+    accepts = inspect.signature(cls).parameters
+    extra: dict[str, Any] = {}
+    if "mask_steps" in accepts:
+        extra["mask_steps"] = mask_steps
+    if "calibration" in accepts:  # data-driven selection (HBGS): training split only, never the test split
+        extra["calibration"] = dataset.x_train[:CALIBRATION_SAMPLES]
+    return extra
 
 
 def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str) -> dict[str, Any]:

@@ -90,16 +90,23 @@ class Pruner:
         if self.result is not None:
             return self.result
         self._before_finalize()
+        self._install(self._select())
+        return self.result
+
+    def _select(self) -> torch.Tensor:
+        """The hard keep-set: by score under the true cost model (N:M: the best N of every M)."""
         scores = self.scores().detach().double()
         if self.graph.structure.value == "nm":
-            keep = nm_keep(self.graph, scores, self.nm_layers)
-        else:
-            keep = select_keep(self.graph, scores, self.profile, self.budget, self.target)
+            return nm_keep(self.graph, scores, self.nm_layers)
+        return select_keep(self.graph, scores, self.profile, self.budget, self.target)
+
+    def _install(self, keep: torch.Tensor) -> None:
+        """Zero the pruned units, record the result, and let the model carry it to ``export_onnx``."""
+        keep = self.graph.check_keep(keep)
         apply_masks(self.model, self.graph, keep)
         self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
                                   self.budget, self.target)
-        attach_result(self.model, self.result)  # the model carries its masks to export_onnx
-        return self.result
+        attach_result(self.model, self.result)
 
     def _before_finalize(self) -> None:
         """Hook for subclasses: drop soft masks before the hard ones go in."""
@@ -113,11 +120,7 @@ class Pruner:
             self.nm_layers = set(state["nm_layers"])
         if state.get("keep") is not None:
             self._before_finalize()
-            keep = self.graph.check_keep(state["keep"])
-            apply_masks(self.model, self.graph, keep)
-            self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
-                                      self.budget, self.target)
-            attach_result(self.model, self.result)
+            self._install(state["keep"])
 
     def state(self) -> dict[str, float]:
         """Numbers for progress bars and logs."""

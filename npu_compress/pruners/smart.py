@@ -43,7 +43,7 @@ class _SoftMask(nn.Module):
         object.__setattr__(self, "_pruner", pruner)  # not a submodule: keep it out of state_dict / .to()
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        return w * self._pruner.mask_for(self.name).to(w.dtype)
+        return w * self._pruner.mask_for(self.name).to(device=w.device, dtype=w.dtype)
 
 
 @register("smart")
@@ -180,7 +180,7 @@ class SmartPruner(Pruner):
     def _hard_guess(self) -> torch.Tensor:
         with torch.no_grad():
             keep = self.soft_keep() > 0.5
-        return keep | mandatory_keep(self.graph, self.logits.detach().double())
+        return keep.cpu() | mandatory_keep(self.graph, self.logits.detach().double().cpu())
 
     def scores(self) -> torch.Tensor:
         return self.logits.detach()

@@ -6,20 +6,20 @@
     budget = nc.Budget.parse("latency=50%")
 """
 from ._version import __version__
-from .errors import (BudgetError, DataError, ModelSpecError, NpuCompressError, ProfileError, TraceError,
-                     VerificationError)
+from .errors import (BudgetError, DataError, ModelSpecError, NpuCompressError, ProfileError, PrunerConfigError,
+                     TraceError, VerificationError)
 from .data import Dataset, load_dataset
 from .modelspec import LoadedModel, load_model, parse_input_shape
 from . import graph, models
 from .export import ExportReport, export_onnx, verify_onnx
 from .pruners import PRUNERS, PruneResult, SmartPruner
 from .pruning import PruneOutcome, prune
-from .train import Epochs, TrainConfig, train
+from .training import Epochs, TrainConfig, train
 from .hardware import (Budget, BudgetKind, CostReport, HardwareProfile, LayerSpec, WeightFormat, estimate,
                        layer_cost, list_profiles, load_profile, trace_layers)
 
-__all__ = ["__version__", "Epochs", "ExportReport", "export_onnx", "verify_onnx", "PRUNERS", "PruneOutcome", "PruneResult", "SmartPruner", "TrainConfig",
+__all__ = ["__version__", "graph", "models", "Epochs", "ExportReport", "export_onnx", "verify_onnx", "PRUNERS", "PruneOutcome", "PruneResult", "SmartPruner", "TrainConfig",
            "prune", "train", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "Dataset",
            "HardwareProfile", "LoadedModel", "load_dataset", "load_model", "parse_input_shape",
-           "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "TraceError", "VerificationError",
+           "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "PrunerConfigError", "TraceError", "VerificationError",
            "WeightFormat", "estimate", "layer_cost", "list_profiles", "load_profile", "trace_layers"]

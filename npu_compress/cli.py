@@ -15,7 +15,7 @@ from . import __version__
 from .errors import NpuCompressError
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
 from .pruners import PRUNERS
-from .train import OptimizerKind
+from .training import OptimizerKind
 
 EXIT_BAD_INPUT = 2
 DEMO_MODEL = "digits-cnn"
@@ -57,7 +57,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from .io import write_atomic
     from .pruning import prune
-    from .train import Epochs, OptimizerKind, TrainConfig
+    from .training import Epochs, OptimizerKind, TrainConfig
 
     if args.distributed:
         dist.init_process_group("gloo")  # rank / world size / master address from torchrun's environment
@@ -140,7 +140,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     from .export import export_onnx
     from .pruning import prune
-    from .train import Epochs, TrainConfig
+    from .training import Epochs, TrainConfig
 
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)

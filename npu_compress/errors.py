@@ -24,6 +24,10 @@ class DataError(NpuCompressError, ValueError):
     """A dataset file is missing or not in the expected format."""
 
 
+class PrunerConfigError(NpuCompressError, ValueError):
+    """A pruner knob has a value the method cannot use (the message names the knob and valid values)."""
+
+
 class TraceError(NpuCompressError, RuntimeError):
     """The model could not be run or traced on the example inputs."""
 

@@ -15,7 +15,7 @@ A factory is called with no arguments and must return an ``nn.Module``; if it ha
 (1, 3, 32, 32)
 """
 
-from collections.abc import Callable
+
 from dataclasses import dataclass
 import hashlib
 import importlib

@@ -21,7 +21,7 @@ from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
 from .pruners import Pruner, PruneResult, get_pruner
-from .train import TrainConfig, TrainResult, clean_state_dict, train
+from .training import TrainConfig, TrainResult, clean_state_dict, train
 
 log = logging.getLogger(__name__)
 CALIBRATION_SAMPLES = 256

@@ -14,7 +14,7 @@ from npu_compress.pruners.baselines import (MagnitudePruner, PrunerConfigError, 
                                             cubic_target, select_unpruned, unit_sums)
 from npu_compress.pruners.pdp import PdpPruner
 from npu_compress.pruners.select import measure
-from npu_compress.train import Epochs, TrainConfig, clean_state_dict, train
+from npu_compress.training import Epochs, TrainConfig, clean_state_dict, train
 
 PROFILE = "generic-4tops"
 METHODS = {"magnitude": MagnitudePruner, "taylor": TaylorPruner, "random": RandomPruner, "pdp": PdpPruner,

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from npu_compress import models
-from npu_compress.data import Dataset, load_dataset, load_digits_dataset, load_npz
+from npu_compress.data import load_dataset, load_digits_dataset, load_npz
 from npu_compress.errors import DataError
 
 CIFAR = Path("/work/shared/data/cifar10.npz")

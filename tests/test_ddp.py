@@ -9,7 +9,7 @@ SCRIPT = textwrap.dedent('''
     import sys, torch, torch.distributed as dist
     torch.set_num_threads(1)
     import npu_compress as nc
-    from npu_compress.train import Epochs, TrainConfig
+    from npu_compress.training import Epochs, TrainConfig
     dist.init_process_group("gloo")
     rank = dist.get_rank()
     torch.manual_seed(rank)  # different init per rank: DDP and the pruner must still agree

@@ -1,4 +1,6 @@
 """Every registered method, on equal terms: same budget, same cost model, same exporter."""
+import inspect
+
 import pytest
 import torch
 
@@ -7,7 +9,7 @@ from npu_compress.export import export_onnx
 from npu_compress.graph_cost import unit_costs
 from npu_compress.pruners.select import measure
 from npu_compress.pruning import pruner_kwargs
-from npu_compress.train import Epochs, TrainConfig, train
+from npu_compress.training import Epochs, TrainConfig, train
 
 METHODS = sorted(PRUNERS)
 DATA = None
@@ -53,3 +55,32 @@ def test_cli_prune_runs_each_method(method, tmp_path, capsys):
                  "--epochs", "0,1,0", "--no-progress", "-o", str(tmp_path / "m.ckpt")])
     out = capsys.readouterr().out
     assert code == 0 and f"pruned with {method}" in out and (tmp_path / "m.ckpt").is_file()
+
+
+@pytest.mark.parametrize("kind,budget", [("latency", "latency=60%"), ("memory", "memory=50%")])
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_on_a_unet_without_labels(method, kind, budget, tmp_path):
+    """Second model: concat skips and upsampling; a few steps on random inputs (a loss on the output)."""
+    torch.manual_seed(0)
+    model, x = models.create("unet-small"), models.example_input("unet-small")
+    cls = PRUNERS[method]
+    calib = torch.randn(16, *x.shape[1:])
+    kwargs = {k: v for k, v in {"mask_steps": 4, "calibration": calib}.items()
+              if k in inspect.signature(cls).parameters}
+    p = cls(model, (x,), "ethos-u55-128", budget, "channel", **kwargs)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    extra = torch.optim.Adam(p.parameters(), lr=0.05) if p.parameters() else None
+    for _ in range(4):
+        loss = model(torch.randn(4, *x.shape[1:])).square().mean()
+        opt.zero_grad()
+        if extra:
+            extra.zero_grad()
+        loss.backward()
+        opt.step()
+        if extra:
+            extra.step()
+        p.step()
+    r = p.finalize()
+    cost = measure(r.predicted, p.budget.kind)
+    assert p.target - float(unit_costs(p.graph, p.profile, kind, r.keep).max()) * (1 + 1e-9) <= cost <= p.target
+    assert export_onnx(model, tmp_path / "u.onnx", example_inputs=(x,)).verification.passed

@@ -8,7 +8,7 @@ from npu_compress import BudgetError, list_profiles, load_dataset, models
 from npu_compress.graph_cost import predict, unit_costs
 from npu_compress.pruners import SmartPruner
 from npu_compress.pruners.select import measure, nm_keep
-from npu_compress.train import Epochs, TrainConfig, evaluate, train
+from npu_compress.training import Epochs, TrainConfig, evaluate, train
 
 
 def _budget_between(name, profile, kind, structure, frac=0.6):

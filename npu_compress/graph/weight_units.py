@@ -58,7 +58,8 @@ class WeightUnits:
     def unit(self, u: int) -> Unit:
         lay = self.layouts[int(np.searchsorted(self._offsets(), u, side="right")) - 1]
         i, j = divmod(u - lay.offset, lay.grid[1])
-        (bo, bi), rows = lay.tile, slice(i * lay.tile[0], min((i + 1) * lay.tile[0], lay.rows))
+        bo, bi = lay.tile
+        rows = slice(i * bo, min((i + 1) * bo, lay.rows))
         cols = slice(j * bi, min((j + 1) * bi, lay.cols))
         if self.structure is Structure.BLOCK:
             group = self.layouts.index(lay)

@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .ops import OpKind, OpRecord, TensorMeta
+from .ops import OpKind, OpRecord
 
 
 @dataclass(frozen=True)

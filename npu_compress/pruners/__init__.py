@@ -4,6 +4,8 @@ from .smart import SmartPruner
 from .baselines import MagnitudePruner, RandomPruner, TaylorPruner  # noqa: E402  (registration order = import order)
 from .pdp import PdpPruner
 from .acdc import AcdcPruner
+from .hbgs import HbgsPruner, HbgtsPruner
+from .dpm import DecayPruning
 
-__all__ = ["PRUNERS", "AcdcPruner", "MagnitudePruner", "PdpPruner", "PruneResult", "Pruner", "RandomPruner",
+__all__ = ["PRUNERS", "AcdcPruner", "DecayPruning", "HbgsPruner", "HbgtsPruner", "MagnitudePruner", "PdpPruner", "PruneResult", "Pruner", "RandomPruner",
            "SmartPruner", "TaylorPruner", "get_pruner", "register"]

@@ -25,16 +25,13 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
-from ..errors import NpuCompressError
+from ..errors import PrunerConfigError
 from ..graph import apply_masks
 from ..graph_cost import predict
 from .base import Pruner, register
 from .importance import normalized_by_group, output_side_tables
 from .select import measure, nm_keep, select_keep
 
-
-class PrunerConfigError(NpuCompressError, ValueError):
-    """A pruner knob has a value the method cannot use (the message names the knob and valid values)."""
 
 
 class Norm(str, enum.Enum):

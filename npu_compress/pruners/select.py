@@ -20,14 +20,17 @@ def measure(report, kind: BudgetKind) -> float:
 
 
 def mandatory_keep(graph, scores: torch.Tensor | None = None) -> torch.Tensor:
-    """The units that must stay: the best-scored unit of every channel group (none for block / N:M)."""
+    """The units that must stay: one per channel group (none for block / N:M) — the best-scored one,
+    or without scores the narrowest one (a partial last tile), which makes the cheapest model."""
     keep = torch.zeros(graph.num_units, dtype=torch.bool)
     if graph.structure.value != "channel":
         return keep
     for group in graph.groups:
-        units = torch.tensor(list(group))
-        best = units[0] if scores is None else units[torch.argmax(scores[units])]
-        keep[best] = True
+        units = list(group)
+        if scores is None:
+            keep[min(units, key=lambda u: (graph.units[u].size, u))] = True
+        else:
+            keep[units[int(torch.argmax(scores[torch.tensor(units)]))]] = True
     return keep
 
 

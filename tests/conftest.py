@@ -18,3 +18,11 @@ torch.set_num_threads(1)
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def digits_small():
+    """A small normalised slice of the bundled digits (256 train / 64 test), loaded once per session."""
+    from npu_compress import load_dataset
+
+    return load_dataset("digits").normalized().subset(256, 64)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from npu_compress import load_dataset, models
+from npu_compress import models
 from npu_compress.graph import unit_masks
 from npu_compress.graph.masks import get_tensor
 from npu_compress.graph_cost import predict, unit_costs
@@ -311,20 +311,11 @@ def test_bad_knobs_raise_config_errors(method, kw, match):
 
 # ---------------------------------------------------------------- the training driver
 
-DATA = None
-
-
-def _data():
-    global DATA
-    if DATA is None:
-        DATA = load_dataset("digits").normalized().subset(256, 64)
-    return DATA
-
 
 @pytest.mark.parametrize("method,kw", [("magnitude", dict(schedule="iterative")), ("taylor", {}), ("random", {}),
                                        ("pdp", {}), ("acdc", {})])
-def test_end_to_end_through_the_driver(method, kw):
-    data, x = _data(), models.example_input("digits-cnn")
+def test_end_to_end_through_the_driver(method, kw, digits_small):
+    data, x = digits_small, models.example_input("digits-cnn")
     steps = 2 * len(data.loaders(64)[0])
     holder = {}
 

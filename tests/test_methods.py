@@ -4,7 +4,7 @@ import inspect
 import pytest
 import torch
 
-from npu_compress import PRUNERS, load_dataset, models
+from npu_compress import PRUNERS, models
 from npu_compress.export import export_onnx
 from npu_compress.graph_cost import unit_costs
 from npu_compress.pruners.select import measure
@@ -12,20 +12,12 @@ from npu_compress.pruning import pruner_kwargs
 from npu_compress.training import Epochs, TrainConfig, train
 
 METHODS = sorted(PRUNERS)
-DATA = None
-
-
-def _data():
-    global DATA
-    if DATA is None:
-        DATA = load_dataset("digits").normalized().subset(256, 64)
-    return DATA
 
 
 @pytest.mark.parametrize("kind,budget", [("latency", "latency=60%"), ("memory", "memory=50%")])
 @pytest.mark.parametrize("method", METHODS)
-def test_every_method_meets_the_budget_and_exports(method, kind, budget, tmp_path):
-    data = _data()
+def test_every_method_meets_the_budget_and_exports(method, kind, budget, tmp_path, digits_small):
+    data = digits_small
     x = models.example_input("digits-cnn")
     cls = PRUNERS[method]
     holder = {}

@@ -70,7 +70,7 @@ def predict(graph: Any, keep: Any, profile: HardwareProfile) -> CostReport:
     """Cost report of ``graph``'s model with ``keep`` applied (channels removed or weights packed)."""
     c = _costed(graph, keep)
     params = _kept_params(graph, keep)
-    return report_from_layers(c.layers, profile, peak_activation_elems(c.records), params,
+    return report_from_layers(c.layers, profile, peak_activation_elems(c.records, c.layers), params,
                               weight_formats(graph, keep))
 
 

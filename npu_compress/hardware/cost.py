@@ -202,7 +202,8 @@ def report_from_layers(layers: Iterable[LayerSpec], profile: HardwareProfile, pe
 
 def report_from_records(records: list[OpRecord], profile: HardwareProfile, params: int,
                         formats: dict[str, WeightFormat] | None = None) -> CostReport:
-    return report_from_layers(layers_from_records(records), profile, peak_activation_elems(records), params, formats)
+    layers = layers_from_records(records)
+    return report_from_layers(layers, profile, peak_activation_elems(records, layers), params, formats)
 
 
 def estimate(model: nn.Module, example_inputs: Any, profile: HardwareProfile | str | None = None,

@@ -166,13 +166,14 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     return layers
 
 
-def peak_activation_elems(records: list[OpRecord]) -> int:
+def peak_activation_elems(records: list[OpRecord], layers: list[LayerSpec] | None = None) -> int:
     """Largest total size of live activations over the run.
 
     A tensor lives from the op that first touches it to its last reader (model outputs to the
     end). Shape-only ops and fused ops write no new tensor: their outputs alias their input.
+    ``layers``: ``layers_from_records(records)`` when the caller has it already.
     """
-    fused_ids = _fused_output_ids(records)
+    fused_ids = _fused_output_ids(records, layers if layers is not None else layers_from_records(records))
     root: dict[str, str] = {}  # tensor id -> id of the tensor that owns the memory
     size: dict[str, int] = {}
     first: dict[str, int] = {}
@@ -209,10 +210,10 @@ def peak_activation_elems(records: list[OpRecord]) -> int:
     return peak
 
 
-def _fused_output_ids(records: list[OpRecord]) -> set[str]:
+def _fused_output_ids(records: list[OpRecord], layers: list[LayerSpec]) -> set[str]:
     ids: set[str] = set()
     costed = [r for r in records if r.kind != OpKind.VIEW]
-    for rec, spec in zip(costed, layers_from_records(records)):
+    for rec, spec in zip(costed, layers):
         if spec.fused:
             ids.update(t.id for t in rec.outputs)
     return ids

@@ -21,7 +21,33 @@ EXIT_BAD_INPUT = 2
 DEMO_MODEL = "digits-cnn"
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from .hardware.calibrate import calibrate_ort_cpu, profile_toml
+    from .io import write_atomic
+
+    if args.provider != "cpu":
+        raise NpuCompressError(f"'profiles calibrate' supports --provider cpu only (got '{args.provider}')")
+    if not args.output:
+        raise NpuCompressError("'profiles calibrate' needs -o/--output, e.g. -o hw_profiles/ort-cpu.toml")
+    if args.threads < 1:
+        raise NpuCompressError(f"--threads must be >= 1 (got {args.threads})")
+    progress = (lambda i, n, label: logging.getLogger(__name__).info("[%d/%d] %s", i + 1, n, label))
+    profile, report = calibrate_ort_cpu(threads=args.threads, quick=args.quick, progress=progress)
+    text = profile_toml(profile, report)
+    write_atomic(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if load_profile(args.output) != profile:
+        raise NpuCompressError(f"{args.output}: written profile does not read back equal; please report this")
+    if args.json:
+        payload = json.dumps(report.to_dict(), indent=2)
+        write_atomic(args.json, lambda tmp: tmp.write_text(payload, encoding="utf-8"))
+    print(report.table())
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_profiles(args: argparse.Namespace) -> int:
+    if args.action == "calibrate":
+        return _cmd_calibrate(args)
     if args.action == "show":
         if not args.name:
             raise NpuCompressError("'profiles show' needs a profile name; shipped: " + ", ".join(list_profiles()))
@@ -163,9 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sp = sub.add_parser("profiles", help="list the shipped hardware profiles, or show one")
-    sp.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    sp = sub.add_parser("profiles", help="list the shipped hardware profiles, show one, or calibrate ort-cpu")
+    sp.add_argument("action", nargs="?", choices=["list", "show", "calibrate"], default="list")
     sp.add_argument("name", nargs="?", help="profile name or path to a .toml (for 'show')")
+    sp.add_argument("--provider", default="cpu", help="calibrate: onnxruntime provider to time (only 'cpu')")
+    sp.add_argument("-o", "--output", help="calibrate: profile TOML to write (atomically)")
+    sp.add_argument("--threads", type=int, default=1, help="calibrate: onnxruntime intra-op threads (default 1)")
+    sp.add_argument("--quick", action="store_true", help="calibrate: reduced grid (seconds, noisier)")
+    sp.add_argument("--json", help="calibrate: also write the fit report as JSON here")
     sp.set_defaults(func=_cmd_profiles)
 
     sc = sub.add_parser("cost", help="per-layer latency/memory table of a model on a profile")

@@ -12,6 +12,7 @@ import sys
 from typing import Callable, Sequence
 
 from . import __version__
+from .distributed import is_rank0
 from .errors import NpuCompressError
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
 from .pruners import PRUNERS
@@ -91,7 +92,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     config = TrainConfig(Epochs.parse(args.epochs), optimizer=OptimizerKind(args.optimizer), lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                          checkpoint=output.with_name(output.name + ".progress"), resume=args.resume)
-    rank0 = _rank0()  # only rank 0 writes files and prints
+    rank0 = is_rank0()  # only rank 0 writes files and prints
     try:
         outcome = prune(args.model, args.data, args.profile, args.budget, structure=args.structure,
                         method=args.method, config=config, input_shape=_shape(args.input_shape),
@@ -106,12 +107,6 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
         print(_prune_table(report, output))
     return 0
-
-
-def _rank0() -> bool:
-    import torch.distributed as dist
-
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _shape(text: str | None):

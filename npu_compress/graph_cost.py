@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .hardware.budget import BudgetKind
+from .hardware.budget import BudgetKind, measure
 from .hardware.cost import DENSE, CostReport, WeightFormat, layer_cost, report_from_layers
 from .hardware.export_records import records_from_exported
 from .hardware.layers import LayerSpec, layers_from_records, peak_activation_elems, spec_from_record
@@ -88,10 +88,6 @@ def _kept_params(graph: Any, keep: Any) -> int:
     return total
 
 
-def _measure(cost: Any, kind: BudgetKind) -> float:
-    return cost.latency_s if kind == BudgetKind.LATENCY else float(cost.weight_bytes)
-
-
 def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, keep: Any = None) -> torch.Tensor:
     """(n_units,) float64: cost saved by removing each unit alone from ``keep`` (default: all kept).
 
@@ -103,7 +99,7 @@ def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, kee
     if graph.structure.value != "channel":
         return _weight_unit_costs(graph, profile, kind, keep)
     base = _costed(graph, keep)
-    base_cost = [_measure(layer_cost(s, profile), kind) for s in base.layers]
+    base_cost = [measure(layer_cost(s, profile), kind) for s in base.layers]
     base_kept = graph.kept_channels(keep)
     out = torch.zeros(n, dtype=torch.float64)
     for u in range(n):
@@ -117,7 +113,7 @@ def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, kee
         delta = 0.0
         for i, (rec_ids, spec) in enumerate(zip(base.ids, base.layers)):
             if rec_ids & changed:
-                delta += base_cost[i] - _measure(layer_cost(_respec(spec, base, i, shapes), profile), kind)
+                delta += base_cost[i] - measure(layer_cost(_respec(spec, base, i, shapes), profile), kind)
         out[u] = abs(delta)
     return out
 
@@ -147,9 +143,9 @@ def _weight_unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind, k
         fmt = formats.get(spec.weight_param, DENSE)
         step = 1.0 / float(sizes[i])
         if fmt.kind == "nm":  # one N:M weight: its share of the weight's (packed) cost
-            per_param[i] = _measure(layer_cost(spec, profile, fmt), kind) * step
+            per_param[i] = measure(layer_cost(spec, profile, fmt), kind) * step
         else:
             less = WeightFormat(fmt.kind, max(fmt.density - step, 0.0), fmt.n, fmt.m)
-            per_param[i] = _measure(layer_cost(spec, profile, fmt), kind) - _measure(layer_cost(spec, profile, less),
+            per_param[i] = measure(layer_cost(spec, profile, fmt), kind) - measure(layer_cost(spec, profile, less),
                                                                                      kind)
     return per_param[graph.unit_param]

@@ -18,11 +18,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
+from .distributed import is_distributed, is_rank0
 from .errors import NpuCompressError
 from .io import write_atomic
 
@@ -157,9 +157,8 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
     """Run the three phases on ``data``; returns history, accuracies and the pruner's result."""
     torch.manual_seed(cfg.seed)
     train_loader, test_loader = _loaders(data, cfg)
-    distributed = dist.is_available() and dist.is_initialized()
+    distributed, rank0 = is_distributed(), is_rank0()
     net = model  # under DDP: a wrapper rebuilt each phase (the pruner re-wraps parameters); pruner uses ``model``
-    rank0 = not distributed or dist.get_rank() == 0
     batches = len(train_loader)
     result = TrainResult()
     start = 0
@@ -207,7 +206,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
 
 
 def _loaders(data: Dataset, cfg: TrainConfig):
-    if dist.is_available() and dist.is_initialized():
+    if is_distributed():
         from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
         train_set = TensorDataset(data.x_train, data.y_train)

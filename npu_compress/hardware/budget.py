@@ -13,12 +13,18 @@ import re
 from dataclasses import dataclass
 
 from ..errors import BudgetError
-from .cost import CostReport
+from .cost import CostReport, LayerCost
 
 
 class BudgetKind(str, enum.Enum):
     LATENCY = "latency"  # seconds, CostReport.latency_s
     MEMORY = "memory"  # bytes, CostReport.memory_bytes
+
+
+def measure(cost: CostReport | LayerCost, kind: BudgetKind) -> float:
+    """What a budget of ``kind`` counts in a model's or a layer's cost: seconds, or weight bytes
+    (a report's ``memory_bytes`` is its packed weight bytes)."""
+    return cost.latency_s if kind == BudgetKind.LATENCY else float(cost.weight_bytes)
 
 
 _LATENCY_UNITS = {"s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
@@ -65,7 +71,7 @@ class Budget:
 
     def measure(self, report: CostReport) -> float:
         """The budgeted quantity of a cost report (seconds or bytes)."""
-        return report.latency_s if self.kind == BudgetKind.LATENCY else float(report.memory_bytes)
+        return measure(report, self.kind)
 
     def target(self, dense: CostReport) -> float:
         """The absolute limit (seconds or bytes), resolving a relative budget against the dense model."""

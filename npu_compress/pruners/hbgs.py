@@ -35,6 +35,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import is_distributed
 from ..errors import NpuCompressError, PrunerConfigError
 from ..graph import Structure, apply_masks
 from ..graph.masks import get_tensor
@@ -466,7 +467,7 @@ def _drop(model: nn.Module, graph: Any, plan: _Plan) -> None:
 
 def _sync_ranks(pruner: HbgsPruner) -> None:
     """Under DDP every rank adopts rank 0's weights and keep-set (the search is deterministic, this makes sure)."""
-    if not (dist.is_available() and dist.is_initialized()):
+    if not is_distributed():
         return
     for t in pruner.model.state_dict().values():
         if isinstance(t, torch.Tensor):

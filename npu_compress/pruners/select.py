@@ -11,12 +11,8 @@ import torch
 
 from ..errors import BudgetError
 from ..graph_cost import predict, unit_costs
-from ..hardware.budget import Budget, BudgetKind
+from ..hardware.budget import Budget, BudgetKind, measure
 from ..hardware.profile import HardwareProfile
-
-
-def measure(report, kind: BudgetKind) -> float:
-    return report.latency_s if kind == BudgetKind.LATENCY else float(report.memory_bytes)
 
 
 def mandatory_keep(graph, scores: torch.Tensor | None = None) -> torch.Tensor:

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ..distributed import is_distributed
 from ..graph_cost import predict, unit_costs
 from .base import Pruner, register
 from .importance import normalized_by_group, output_side_tables, unit_sq_norms
@@ -56,7 +57,7 @@ class SmartPruner(Pruner):
             raise ValueError(f"mask_steps must be >= 1, got {mask_steps}")
         z = normalized_by_group(unit_sq_norms(self.graph, model).sqrt(), self.graph)
         self.logits = nn.Parameter(torch.log(z + 1e-3).float())  # (n_units,)
-        if dist.is_available() and dist.is_initialized():
+        if is_distributed():
             dist.broadcast(self.logits.data, src=0)  # identical start on every rank
             self.logits.register_hook(_average_across_ranks)
         self.tau0 = max(float(self.logits.detach().std()), 0.05) if self.logits.numel() > 1 else 1.0

@@ -1,0 +1,123 @@
+"""What the toolchain costs around training, all in one run: SMART step ÷ plain step, graph build,
+cost estimate, hard selection, and verified ONNX export.
+
+    python tools/bench/overheads.py [--models resnet20 resnet56 mobilenetv2] [--profile ethos-u55-128]
+        [--budget latency=50%] [--batch 128] [--steps 10] [--repeats 3] [--out bench_results/overheads.json]
+
+Per model, in one process, one torch thread (the CI machine's share):
+- training step: plain vs SMART (soft top-k + masks + Adam on logits + ``pruner.step()``), the two
+  interleaved step by step, medians of ``--steps`` (as smart_overhead.py, which it reuses);
+- ``graph.build`` (torch.export + channel walk), and Torch-Pruning's ``DependencyGraph`` beside it
+  when installed;
+- ``estimate`` (the whole-model cost report);
+- ``finalize()`` (hard selection under the true cost model);
+- ``export_onnx`` of the pruned model: surgery, ONNX export, onnxsim, checker, onnxruntime
+  verification on 4 random samples.
+Medians of ``--repeats`` for everything but the steps.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import torch  # noqa: E402
+
+from _common import machine, median_seconds, write_json  # noqa: E402
+from smart_overhead import _stepper  # noqa: E402
+
+from npu_compress import SmartPruner, graph, load_profile, models  # noqa: E402
+from npu_compress.export import export_onnx  # noqa: E402
+from npu_compress.hardware.cost import estimate  # noqa: E402
+
+try:
+    import torch_pruning as tp
+except ImportError:  # benchmark-only dependency: pip install -e .[bench]
+    tp = None
+
+
+def _steps(name: str, x: torch.Tensor, y: torch.Tensor, profile, budget: str, steps: int) -> tuple[float, float]:
+    plain_model, smart_model = models.create(name), models.create(name)
+    smart_model.load_state_dict(plain_model.state_dict())
+    pruner = SmartPruner(smart_model, (x[:1],), profile, budget, "channel", mask_steps=10 * steps)
+    plain, smart = _stepper(plain_model), _stepper(smart_model, pruner)
+    for _ in range(2):
+        plain(x, y)
+        smart(x, y)
+    t_plain, t_smart = [], []
+    for _ in range(steps):  # interleaved: drift in machine load hits both alike
+        for fn, acc in ((plain, t_plain), (smart, t_smart)):
+            t0 = time.perf_counter()
+            fn(x, y)
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(t_plain), statistics.median(t_smart)
+
+
+def _tp_build(model: torch.nn.Module, x: torch.Tensor) -> float | None:
+    if tp is None:
+        return None
+    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
+
+    def run():
+        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
+        list(dg.get_all_groups(ignored_layers=head))
+    return median_seconds(run, 3)
+
+
+def measure(name: str, profile, budget: str, batch: int, steps: int, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    ex = models.example_input(name)
+    x = torch.randn(batch, *ex.shape[1:])
+    y = torch.randint(0, 10, (batch,))
+    plain_s, smart_s = _steps(name, x, y, profile, budget, steps)
+    model = models.create(name).eval()
+    build_s = median_seconds(lambda: graph.build(model, (ex,), profile, "channel"), repeats)
+    estimate_s = median_seconds(lambda: estimate(model, (ex,), profile), repeats)
+    pruner = SmartPruner(model, (ex,), profile, budget, "channel")
+    t0 = time.perf_counter()
+    pruner.finalize()
+    finalize_s = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory() as tmp:
+        export_s = median_seconds(lambda: export_onnx(model, Path(tmp) / "m.onnx", (ex,)), repeats, warmup=0)
+    return {"model": name, "batch": batch, "units": pruner.graph.num_units, "plain_step_s": plain_s,
+            "smart_step_s": smart_s, "step_ratio": smart_s / plain_s, "graph_build_s": build_s,
+            "tp_graph_build_s": _tp_build(models.create(name).eval(), ex), "estimate_s": estimate_s,
+            "finalize_s": finalize_s, "export_verified_s": export_s}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet20", "resnet56", "mobilenetv2"], choices=models.names())
+    ap.add_argument("--profile", default="ethos-u55-128")
+    ap.add_argument("--budget", default="latency=50%")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--out", default="bench_results/overheads.json")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    profile = load_profile(args.profile)
+    rows = [measure(m, profile, args.budget, args.batch, args.steps, args.repeats) for m in args.models]
+    print(f"overheads, {args.profile} {args.budget}, channel structure, batch {args.batch}, "
+          f"{args.threads} torch thread(s)")
+    print(f"{'model':<12} {'units':>6} {'plain ms':>9} {'SMART ms':>9} {'ratio':>6} {'build s':>8} {'TP build s':>10} "
+          f"{'estimate s':>10} {'finalize s':>10} {'export s':>9}")
+    for r in rows:
+        tpb = f"{r['tp_graph_build_s']:.3f}" if r["tp_graph_build_s"] is not None else "n/a"
+        print(f"{r['model']:<12} {r['units']:>6} {1e3 * r['plain_step_s']:>9.1f} {1e3 * r['smart_step_s']:>9.1f} "
+              f"{r['step_ratio']:>6.3f} {r['graph_build_s']:>8.3f} {tpb:>10} {r['estimate_s']:>10.3f} "
+              f"{r['finalize_s']:>10.3f} {r['export_verified_s']:>9.3f}")
+    write_json(args.out, {"benchmark": "overheads", "machine": machine(), "profile": args.profile,
+                          "budget": args.budget, "rows": rows})
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

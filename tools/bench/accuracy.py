@@ -118,6 +118,12 @@ def pretrained(setup: Setup, data: Dataset) -> dict[str, Any]:
     return payload
 
 
+def _pretrained_model(setup: Setup, data: Dataset) -> nn.Module:
+    model = models.create(setup.model, num_classes=data.num_classes)
+    model.load_state_dict(pretrained(setup, data)["state_dict"])
+    return model
+
+
 # ---------------------------------------------------------------- Torch-Pruning at a matched budget
 
 def tp_prune(model: nn.Module, ex: torch.Tensor, importance: str, ratio: float, round_to: int | None,
@@ -143,12 +149,7 @@ def tp_matched(base: nn.Module, ex: torch.Tensor, importance: str, profile, targ
     """Torch-Pruning at the budget: over ``round_to`` in {none, the profile's output tile}, uniform or
     global ratio, and a grid of pruning ratios, the candidate with the largest predicted latency at
     or under ``target`` (seconds). The search is generous to Torch-Pruning: it sees our cost model."""
-    grads = None
-    if importance == "taylor":  # one calibration batch from the training split, as HBGS gets
-        base.zero_grad()
-        F.cross_entropy(base(calib[0]), calib[1]).backward()
-        grads = [None if q.grad is None else q.grad.detach().clone() for q in base.parameters()]
-        base.zero_grad()
+    grads = _taylor_grads(base, calib) if importance == "taylor" else None
     best: tuple[nn.Module, dict[str, Any]] | None = None
     evals = 0
     ratios = [round(step * i, 4) for i in range(1, int(0.95 / step) + 1)]
@@ -172,6 +173,39 @@ def tp_matched(base: nn.Module, ex: torch.Tensor, importance: str, profile, targ
     return best
 
 
+def tp_by_macs(base: nn.Module, ex: torch.Tensor, importance: str, profile, fraction: float,
+               calib: tuple[torch.Tensor, torch.Tensor], iters: int = 16) -> dict[str, float]:
+    """Torch-Pruning's own workflow: bisect its default (uniform, no ``round_to``) ratio until its
+    own MAC counter says ``fraction`` of dense; then price the result on ``profile``."""
+    import torch_pruning as tp
+
+    grads = _taylor_grads(base, calib) if importance == "taylor" else None
+    dense_macs, _ = tp.utils.count_ops_and_params(base, ex)
+    dense_lat = estimate(base, (ex,), profile).latency_s
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(iters):
+        ratio = (lo + hi) / 2
+        cand = tp_prune(copy.deepcopy(base), ex, importance, ratio, None, False, grads)
+        macs, _ = tp.utils.count_ops_and_params(cand, ex)
+        if macs <= fraction * dense_macs:
+            hi, best = ratio, (ratio, macs, cand)
+        else:
+            lo = ratio
+    ratio, macs, cand = best
+    lat = estimate(cand, (ex,), profile).latency_s
+    return {"tp_ratio": ratio, "macs_ratio": macs / (fraction * dense_macs),
+            "achieved_ratio": lat / (fraction * dense_lat)}
+
+
+def _taylor_grads(model: nn.Module, calib: tuple[torch.Tensor, torch.Tensor]) -> list[torch.Tensor | None]:
+    """One calibration batch from the training split (as HBGS gets), for Taylor importance."""
+    model.zero_grad()
+    F.cross_entropy(model(calib[0]), calib[1]).backward()
+    grads = [None if q.grad is None else q.grad.detach().clone() for q in model.parameters()]
+    model.zero_grad()
+    return grads
+
+
 # ---------------------------------------------------------------- one cell
 
 def run_job(setup: Setup, job: Job) -> dict[str, Any]:
@@ -179,9 +213,7 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
     torch.manual_seed(setup.seed)
     data = load_data(setup)
     ex = example(setup, data)
-    dense = pretrained(setup, data)
-    model = models.create(setup.model, num_classes=data.num_classes)
-    model.load_state_dict(dense["state_dict"])
+    model = _pretrained_model(setup, data)
     prof = load_profile(job.profile)
     m_ep, f_ep = setup.epochs
     cfg = dict(lr=setup.lr, batch_size=setup.batch, seed=setup.seed, progress=False)
@@ -315,6 +347,36 @@ def table(rows: list[dict[str, Any]], infeasible: list[dict[str, Any]], dense_or
     return "\n".join(lines)
 
 
+def _worst(values: list[float]) -> float:
+    return max(values, key=lambda v: abs(v - 1.0))
+
+
+def exactness(rows: list[dict[str, Any]], by_macs: list[dict[str, Any]]) -> str:
+    """achieved / budget per method and cell (predicted latency of the exported model / the budget)."""
+    ok = [r for r in rows if r["kind"] != "dense"]
+    cells = sorted({(r["profile"], r["budget"]) for r in ok}, key=lambda c: (c[0], -c[1]))
+    labels = sorted({r["label"] for r in ok}, key=lambda s: (s.startswith("torch"), s))
+    head = " | ".join(f"{p} {b:g}%" for p, b in cells)
+    lines = [f"| method | {head} | farthest from 1 | mean |", "|---|" + "---|" * (len(cells) + 2)]
+    for lab in labels:
+        vals = []
+        for p, b in cells:
+            r = next((r for r in ok if r["label"] == lab and r["profile"] == p and r["budget"] == b), None)
+            vals.append(None if r is None or "error" in r else r["achieved_ratio"])
+        got = [v for v in vals if v is not None]
+        cols = " | ".join("failed" if v is None else f"{v:.4f}" for v in vals)
+        summary = f"{_worst(got):.4f} | {statistics.mean(got):.4f}" if got else " | "
+        lines.append(f"| {lab} | {cols} | {summary} |")
+    for imp in sorted({m["importance"] for m in by_macs}):
+        vals = [next((m["achieved_ratio"] for m in by_macs if m["importance"] == imp and
+                      (m["profile"], m["budget"]) == c), None) for c in cells]
+        got = [v for v in vals if v is not None]
+        cols = " | ".join("" if v is None else f"{v:.4f}" for v in vals)
+        lines.append(f"| torch-pruning {imp}, its own workflow (MACs matched) | {cols} | "
+                     f"{_worst(got):.4f} | {statistics.mean(got):.4f} |")
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict[str, Any]], profiles: list[str], path: str) -> None:
     import matplotlib
 
@@ -327,17 +389,24 @@ def plot(rows: list[dict[str, Any]], profiles: list[str], path: str) -> None:
     markers = "os^vD<>pP*Xhd"
     fig, axes = plt.subplots(1, len(profiles), figsize=(6.5 * len(profiles), 4.8), squeeze=False)
     for ax, prof in zip(axes[0], profiles):
+        measured = prof.startswith("ort-")  # a real clock exists for this target; for an NPU, its cost model
+
+        def x_of(r: dict[str, Any]) -> float | None:
+            if measured:
+                return r["ort_latency_s"] * 1e3 if "ort_latency_s" in r else None
+            return 100 * r["predicted_s"] / r["dense_latency_s"] if r["profile"] == prof else 100.0
         for i, lab in enumerate(labels):
-            pts = sorted((r["ort_latency_s"] * 1e3, 100 * r["accuracy"]) for r in ok
-                         if r["label"] == lab and r["profile"] == prof and "ort_latency_s" in r)
+            pts = sorted((x_of(r), 100 * r["accuracy"]) for r in ok
+                         if r["label"] == lab and r["profile"] == prof and x_of(r) is not None)
             if not pts:
                 continue
             style = "--" if lab.startswith("torch") else "-"
             ax.plot(*zip(*pts), style, marker=markers[i % len(markers)], label=lab, alpha=0.85)
-        if dense is not None and "ort_latency_s" in dense:
-            ax.plot(dense["ort_latency_s"] * 1e3, 100 * dense["accuracy"], "k*", markersize=14, label="dense")
+        if dense is not None and x_of(dense) is not None:
+            ax.plot(x_of(dense), 100 * dense["accuracy"], "k*", markersize=14, label="dense")
         ax.set_title(f"pruned for {prof}")
-        ax.set_xlabel("measured onnxruntime latency, CPU, batch 1 (ms)")
+        ax.set_xlabel("measured onnxruntime latency, this CPU, batch 1 (ms)" if measured else
+                      f"predicted latency on {prof} (% of dense)")
         ax.set_ylabel("CIFAR-10 test accuracy (%)")
         ax.grid(alpha=0.3)
     axes[0][-1].legend(fontsize=7, loc="lower right")
@@ -410,10 +479,19 @@ def main() -> None:
     dense_row = next((r for r in rows if r["kind"] == "dense" and "error" not in r), None)
     dense_ort = dense_row.get("ort_latency_s") if dense_row else None
     text = table(rows, infeasible, dense_ort)
+    by_macs = [] if not args.tp else [
+        {"profile": p, "budget": b, "importance": imp,
+         **tp_by_macs(_pretrained_model(setup, data), torch.zeros(1, *data.input_shape), imp, load_profile(p),
+                      b / 100, (data.x_train[:CALIBRATION_SAMPLES], data.y_train[:CALIBRATION_SAMPLES]))}
+        for p, b in sorted({(r["profile"], r["budget"]) for r in rows if r["kind"] != "dense"}) for imp in args.tp]
+    exact = exactness(rows, by_macs)
     print(text)
+    print()
+    print(exact)
     write_json(args.json, {"machine": machine(), "setup": asdict(setup), "pretrain_accuracy": dense["accuracy"],
                            "pretrain_seconds": dense["seconds"], "floors": floor, "infeasible": infeasible,
-                           "rows": sorted(rows, key=lambda r: r["key"]), "table": text})
+                           "rows": sorted(rows, key=lambda r: r["key"]), "table": text,
+                           "tp_macs_matched": by_macs, "exactness": exact})
     if args.plot:
         plot(rows, args.profiles, args.plot)
         print(f"plot: {args.plot}")

@@ -70,6 +70,8 @@ def test_accuracy_bench_ours(tmp_path):
 def test_accuracy_bench_torch_pruning(tmp_path):
     payload = _run(tmp_path, ["magnitude"], ["magnitude"])
     _check_rows(payload, {"ethos-u55-128__100__dense", "ethos-u55-128__50__magnitude",
-                          "ethos-u55-128__50__tp-magnitude"})
-    tp_row = next(r for r in payload["rows"] if r["kind"] == "tp")
-    assert tp_row["tp_search_evals"] > 10 and 0 < tp_row["tp_ratio"] < 1
+                          "ethos-u55-128__50__tp-magnitude", "ethos-u55-128__50__tplate-magnitude"})
+    for kind in ("tp", "tp-late"):
+        tp_row = next(r for r in payload["rows"] if r["kind"] == kind)
+        assert tp_row["tp_search_evals"] > 10 and 0 < tp_row["tp_ratio"] < 1
+    assert "its own workflow (MACs matched)" in payload["exactness"]

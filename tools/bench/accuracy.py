@@ -20,7 +20,7 @@ Protocol (one run of this script):
    exports are **timed in onnxruntime after all training**, one at a time, 1 thread, batch 1,
    round-robin over all models (medians), so training load does not distort the clock.
 
-Each cell's result is a JSON file under ``--work/runs/``: a re-run skips finished cells (resume).
+Each cell's result is a JSON file under ``--work/runs_eM-F/``: a re-run skips finished cells (resume).
 Writes the table (markdown) to stdout, everything to ``--json``, and the plot to ``--plot``.
 """
 from __future__ import annotations
@@ -63,18 +63,20 @@ SLOW_FIRST = ("hbgts", "hbgs", "dpm", "smart", "pdp")  # scheduled first so the 
 
 @dataclass(frozen=True)
 class Job:
-    kind: str  # "dense" | "ours" | "tp"
+    kind: str  # "dense" | "ours" | "tp" (pruned up front) | "tp-late" (pruned after the mask epochs, as ours)
     method: str  # registered method name, TP importance, or "dense"
     profile: str
     budget: float  # percent of dense latency (100 for the dense row)
 
     @property
     def key(self) -> str:
-        prefix = "tp-" if self.kind == "tp" else ""
+        prefix = {"tp": "tp-", "tp-late": "tplate-"}.get(self.kind, "")
         return f"{self.profile}__{int(self.budget)}__{prefix}{self.method}"
 
     @property
     def label(self) -> str:
+        if self.kind == "tp-late":
+            return f"torch-pruning {self.method}, late"
         return f"torch-pruning {self.method}" if self.kind == "tp" else self.method
 
 
@@ -223,13 +225,16 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
     if job.kind == "dense":
         run = train(model, data, TrainConfig(Epochs(0, 0, m_ep + f_ep), **cfg))
         out.update(predicted_s=dense_lat, target_s=dense_lat, achieved_ratio=1.0)
-    elif job.kind == "tp":
+    elif job.kind in ("tp", "tp-late"):
         target = dense_lat * job.budget / 100
+        late = m_ep if job.kind == "tp-late" else 0  # "late": dense for the M mask epochs, then prune
+        if late:
+            train(model, data, TrainConfig(Epochs(0, 0, late), **cfg))
         calib = (data.x_train[:CALIBRATION_SAMPLES], data.y_train[:CALIBRATION_SAMPLES])
         model, found = tp_matched(model, ex, job.method, prof, target, calib)
         out.update(found, target_s=target, achieved_ratio=found["predicted_s"] / target,
                    search_s=time.perf_counter() - t0)
-        run = train(model, data, TrainConfig(Epochs(0, 0, m_ep + f_ep), **cfg))
+        run = train(model, data, TrainConfig(Epochs(0, 0, m_ep + f_ep - late), **cfg))
     else:
         cls = get_pruner(job.method)
         budget = Budget.parse(f"latency={job.budget:g}%")
@@ -243,7 +248,7 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
     out["train_s"] = time.perf_counter() - t0
     out["accuracy"] = run.accuracy
     out["dense_latency_s"] = dense_lat
-    onnx_path = Path(setup.work) / "onnx" / f"{job.key}.onnx"
+    onnx_path = Path(setup.work) / f"onnx_e{m_ep}-{f_ep}" / f"{job.key}.onnx"
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
     report = export_onnx(model, onnx_path, (ex,), profile=prof, samples=data.x_test[:16])
@@ -280,7 +285,7 @@ def floors(setup: Setup, profiles: list[str]) -> dict[str, float]:
 
 
 def plan(profiles: list[str], budgets: list[float], methods: list[str], tp_imps: list[str],
-         floor: dict[str, float]) -> tuple[list[Job], list[dict[str, Any]]]:
+         floor: dict[str, float], tp_late: bool) -> tuple[list[Job], list[dict[str, Any]]]:
     jobs = [Job("dense", "dense", profiles[-1], 100.0)]
     infeasible = []
     for prof in profiles:
@@ -290,6 +295,7 @@ def plan(profiles: list[str], budgets: list[float], methods: list[str], tp_imps:
                 continue
             jobs += [Job("ours", m, prof, b) for m in methods]
             jobs += [Job("tp", imp, prof, b) for imp in tp_imps]
+            jobs += [Job("tp-late", imp, prof, b) for imp in tp_imps if tp_late]
     order = {m: i for i, m in enumerate(SLOW_FIRST)}
     jobs.sort(key=lambda j: order.get(j.method, len(order)))
     return jobs, infeasible
@@ -331,7 +337,7 @@ def table(rows: list[dict[str, Any]], infeasible: list[dict[str, Any]], dense_or
     lines = ["| profile | budget | method | achieved / budget | accuracy (%) | ort latency (ms) | vs dense |",
              "|---|---|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["kind"] != "dense", r["profile"], -r["budget"],
-                                         r["kind"] == "tp", r["method"])):
+                                         r["kind"], r["method"])):
         if "error" in r:
             lines.append(f"| {r['profile']} | {r['budget']:g}% | {r['label']} | error: {r['error'][:60]} | | | |")
             continue
@@ -345,6 +351,40 @@ def table(rows: list[dict[str, Any]], infeasible: list[dict[str, Any]], dense_or
         lines.append(f"| {i['profile']} | {i['budget']:g}% | all | infeasible: floor is {100 * i['floor']:.1f}% "
                      "of dense | | | |")
     return "\n".join(lines)
+
+
+def headline(rows: list[dict[str, Any]]) -> str:
+    """Per cell: SMART, our best method, and each Torch-Pruning variant: accuracy (achieved / budget)."""
+    ok = [r for r in rows if "error" not in r]
+    ours = [r for r in ok if r["kind"] == "ours"]
+    peers = sorted({r["label"] for r in ok if r["kind"].startswith("tp")}, key=lambda s: (s.endswith("late"), s))
+    cells = sorted({(r["profile"], r["budget"]) for r in ours}, key=lambda c: (c[0], -c[1]))
+
+    def fmt(r: dict[str, Any] | None) -> str:
+        return "" if r is None else f"{100 * r['accuracy']:.2f} ({r['achieved_ratio']:.3f})"
+    lines = ["| profile | budget | smart | best of ours | " + " | ".join(peers) + " |",
+             "|---|---|---|---|" + "---|" * len(peers)]
+    for p, b in cells:
+        here = [r for r in ok if r["profile"] == p and r["budget"] == b]
+        best = max((r for r in here if r["kind"] == "ours"), key=lambda r: r["accuracy"])
+        smart = next((r for r in here if r["method"] == "smart" and r["kind"] == "ours"), None)
+        tp = [fmt(next((r for r in here if r["label"] == lab), None)) for lab in peers]
+        lines.append(f"| {p} | {b:g}% | {fmt(smart)} | {best['method']} {fmt(best)} | " + " | ".join(tp) + " |")
+    return "\n".join(lines)
+
+
+def clock_check(rows: list[dict[str, Any]], profile: str = "ort-cpu") -> dict[str, Any] | None:
+    """For the measured profile: its predicted latency against the onnxruntime clock, per export."""
+    import numpy as np
+
+    from npu_compress.hardware.calibrate import mape, spearman
+
+    pts = [(r["predicted_s"], r["ort_latency_s"]) for r in rows
+           if r["profile"] == profile and "ort_latency_s" in r and "error" not in r]
+    if len(pts) < 3:
+        return None
+    pred, meas = np.array(pts).T
+    return {"profile": profile, "n": len(pts), "mape_pct": mape(pred, meas), "spearman": spearman(pred, meas)}
 
 
 def _worst(values: list[float]) -> float:
@@ -400,7 +440,7 @@ def plot(rows: list[dict[str, Any]], profiles: list[str], path: str) -> None:
                          if r["label"] == lab and r["profile"] == prof and x_of(r) is not None)
             if not pts:
                 continue
-            style = "--" if lab.startswith("torch") else "-"
+            style = (":" if lab.endswith("late") else "--") if lab.startswith("torch") else "-"
             ax.plot(*zip(*pts), style, marker=markers[i % len(markers)], label=lab, alpha=0.85)
         if dense is not None and x_of(dense) is not None:
             ax.plot(x_of(dense), 100 * dense["accuracy"], "k*", markersize=14, label="dense")
@@ -432,9 +472,11 @@ def main() -> None:
     ap.add_argument("--budgets", nargs="+", type=float, default=[70, 50, 30])
     ap.add_argument("--methods", nargs="+", default=sorted(PRUNERS), choices=sorted(PRUNERS))
     ap.add_argument("--tp", nargs="*", default=["magnitude", "taylor"], choices=["magnitude", "taylor"])
+    ap.add_argument("--no-tp-late", dest="tp_late", action="store_false",
+                    help="skip the control rows: Torch-Pruning pruned after the M mask epochs (our schedule)")
     ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--rounds", type=int, default=5, help="onnxruntime timing: round-robin rounds")
-    ap.add_argument("--repeats", type=int, default=50, help="onnxruntime timing: runs per model per round")
+    ap.add_argument("--rounds", type=int, default=15, help="onnxruntime timing: round-robin rounds")
+    ap.add_argument("--repeats", type=int, default=30, help="onnxruntime timing: runs per model per round")
     ap.add_argument("--work", default="bench_results/accuracy")
     ap.add_argument("--json", default="bench_results/accuracy.json")
     ap.add_argument("--plot", default="docs/accuracy_vs_latency.png")
@@ -451,8 +493,8 @@ def main() -> None:
     print(f"dense pretraining: {100 * dense['accuracy']:.2f}% after {setup.pretrain_epochs} epochs "
           f"({dense['seconds']:.0f} s)", flush=True)
     floor = floors(setup, args.profiles)
-    jobs, infeasible = plan(args.profiles, args.budgets, args.methods, args.tp, floor)
-    runs = Path(args.work) / "runs"
+    jobs, infeasible = plan(args.profiles, args.budgets, args.methods, args.tp, floor, args.tp_late)
+    runs = Path(args.work) / f"runs_e{m_ep}-{f_ep}"  # cells of one schedule; the dense checkpoint is shared
     runs.mkdir(parents=True, exist_ok=True)
     rows = []
     todo = []
@@ -485,13 +527,21 @@ def main() -> None:
                       b / 100, (data.x_train[:CALIBRATION_SAMPLES], data.y_train[:CALIBRATION_SAMPLES]))}
         for p, b in sorted({(r["profile"], r["budget"]) for r in rows if r["kind"] != "dense"}) for imp in args.tp]
     exact = exactness(rows, by_macs)
+    head = headline(rows)
+    clock = clock_check(rows)
     print(text)
     print()
     print(exact)
+    print()
+    print(head)
+    if clock:
+        print(f"\n{clock['profile']}: predicted vs measured latency of {clock['n']} exports "
+              f"(pruned for it, and dense): MAPE {clock['mape_pct']:.1f}%, Spearman {clock['spearman']:.3f}")
     write_json(args.json, {"machine": machine(), "setup": asdict(setup), "pretrain_accuracy": dense["accuracy"],
                            "pretrain_seconds": dense["seconds"], "floors": floor, "infeasible": infeasible,
                            "rows": sorted(rows, key=lambda r: r["key"]), "table": text,
-                           "tp_macs_matched": by_macs, "exactness": exact})
+                           "tp_macs_matched": by_macs, "exactness": exact,
+                           "headline": head, "clock_check": clock})
     if args.plot:
         plot(rows, args.profiles, args.plot)
         print(f"plot: {args.plot}")

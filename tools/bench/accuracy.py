@@ -98,10 +98,6 @@ def load_data(setup: Setup) -> Dataset:
     return load_npz(setup.data, max_train=setup.train, max_test=setup.test).normalized()
 
 
-def example(setup: Setup, data: Dataset) -> torch.Tensor:
-    return torch.zeros(1, *data.input_shape)
-
-
 # ---------------------------------------------------------------- dense pretraining
 
 def pretrained(setup: Setup, data: Dataset) -> dict[str, Any]:
@@ -214,7 +210,7 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
     torch.set_num_threads(1)
     torch.manual_seed(setup.seed)
     data = load_data(setup)
-    ex = example(setup, data)
+    ex = torch.zeros(1, *data.input_shape)
     model = _pretrained_model(setup, data)
     prof = load_profile(job.profile)
     m_ep, f_ep = setup.epochs

@@ -6,9 +6,9 @@ cost estimate, hard selection, and verified ONNX export.
 
 Per model, in one process, one torch thread (the CI machine's share):
 - training step: plain vs SMART (soft top-k + masks + Adam on logits + ``pruner.step()``), the two
-  interleaved step by step, medians of ``--steps`` (as smart_overhead.py, which it reuses);
+  interleaved step by step, medians of ``--steps`` (smart_overhead.py's measurement);
 - ``graph.build`` (torch.export + channel walk), and Torch-Pruning's ``DependencyGraph`` beside it
-  when installed;
+  when installed (graph_build.py's measurement, median of ``--repeats`` after a warm-up);
 - ``estimate`` (the whole-model cost report);
 - ``finalize()`` (hard selection under the true cost model);
 - ``export_onnx`` of the pruned model: surgery, ONNX export, onnxsim, checker, onnxruntime
@@ -18,7 +18,6 @@ Medians of ``--repeats`` for everything but the steps.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 import time
@@ -30,54 +29,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import machine, median_seconds, write_json  # noqa: E402
-from smart_overhead import _stepper  # noqa: E402
+from graph_build import bench_model  # noqa: E402
+from smart_overhead import interleaved  # noqa: E402
 
-from npu_compress import SmartPruner, graph, load_profile, models  # noqa: E402
+from npu_compress import SmartPruner, load_profile, models  # noqa: E402
 from npu_compress.export import export_onnx  # noqa: E402
 from npu_compress.hardware.cost import estimate  # noqa: E402
 
-try:
-    import torch_pruning as tp
-except ImportError:  # benchmark-only dependency: pip install -e .[bench]
-    tp = None
-
-
-def _steps(name: str, x: torch.Tensor, y: torch.Tensor, profile, budget: str, steps: int) -> tuple[float, float]:
-    plain_model, smart_model = models.create(name), models.create(name)
-    smart_model.load_state_dict(plain_model.state_dict())
-    pruner = SmartPruner(smart_model, (x[:1],), profile, budget, "channel", mask_steps=10 * steps)
-    plain, smart = _stepper(plain_model), _stepper(smart_model, pruner)
-    for _ in range(2):
-        plain(x, y)
-        smart(x, y)
-    t_plain, t_smart = [], []
-    for _ in range(steps):  # interleaved: drift in machine load hits both alike
-        for fn, acc in ((plain, t_plain), (smart, t_smart)):
-            t0 = time.perf_counter()
-            fn(x, y)
-            acc.append(time.perf_counter() - t0)
-    return statistics.median(t_plain), statistics.median(t_smart)
-
-
-def _tp_build(model: torch.nn.Module, x: torch.Tensor) -> float | None:
-    if tp is None:
-        return None
-    head = [m for m in model.modules() if isinstance(m, torch.nn.Linear)][-1:]
-
-    def run():
-        dg = tp.DependencyGraph().build_dependency(model, example_inputs=x)
-        list(dg.get_all_groups(ignored_layers=head))
-    return median_seconds(run, 3)
-
 
 def measure(name: str, profile, budget: str, batch: int, steps: int, repeats: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    ex = models.example_input(name)
-    x = torch.randn(batch, *ex.shape[1:])
-    y = torch.randint(0, 10, (batch,))
-    plain_s, smart_s = _steps(name, x, y, profile, budget, steps)
-    model = models.create(name).eval()
-    build_s = median_seconds(lambda: graph.build(model, (ex,), profile, "channel"), repeats)
+    plain_s, smart_s, units = interleaved(name, batch, steps, profile, budget)
+    build = bench_model(name, profile, repeats)  # ours and Torch-Pruning's graph build, side by side
+    model, ex = models.create(name).eval(), models.example_input(name)
     estimate_s = median_seconds(lambda: estimate(model, (ex,), profile), repeats)
     pruner = SmartPruner(model, (ex,), profile, budget, "channel")
     t0 = time.perf_counter()
@@ -85,9 +48,9 @@ def measure(name: str, profile, budget: str, batch: int, steps: int, repeats: in
     finalize_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         export_s = median_seconds(lambda: export_onnx(model, Path(tmp) / "m.onnx", (ex,)), repeats, warmup=0)
-    return {"model": name, "batch": batch, "units": pruner.graph.num_units, "plain_step_s": plain_s,
-            "smart_step_s": smart_s, "step_ratio": smart_s / plain_s, "graph_build_s": build_s,
-            "tp_graph_build_s": _tp_build(models.create(name).eval(), ex), "estimate_s": estimate_s,
+    return {"model": name, "batch": batch, "units": units, "plain_step_s": plain_s,
+            "smart_step_s": smart_s, "step_ratio": smart_s / plain_s, "graph_build_s": build["ours_s"],
+            "tp_graph_build_s": build["tp_s"], "estimate_s": estimate_s,
             "finalize_s": finalize_s, "export_verified_s": export_s}
 
 

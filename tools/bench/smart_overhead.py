@@ -41,6 +41,29 @@ def _stepper(model, pruner=None):
     return step
 
 
+def interleaved(name: str, batch: int, steps: int, profile, budget: str, structure: str = "channel"
+                ) -> tuple[float, float, int]:
+    """(plain step s, SMART step s, units): medians of ``steps`` steps each, interleaved so that
+    drift in machine load hits both alike, after 3 warm-up pairs."""
+    torch.manual_seed(0)
+    x = torch.randn(batch, *models.example_input(name).shape[1:])
+    y = torch.randint(0, 10, (batch,))
+    plain_model, smart_model = models.create(name), models.create(name)
+    smart_model.load_state_dict(plain_model.state_dict())
+    pruner = SmartPruner(smart_model, (x[:1],), profile, budget, structure, mask_steps=10 * steps)
+    plain, smart = _stepper(plain_model), _stepper(smart_model, pruner)
+    for _ in range(3):
+        plain(x, y)
+        smart(x, y)
+    t_plain, t_smart = [], []
+    for _ in range(steps):
+        for fn, acc in ((plain, t_plain), (smart, t_smart)):
+            t0 = time.perf_counter()
+            fn(x, y)
+            acc.append(time.perf_counter() - t0)
+    return statistics.median(t_plain), statistics.median(t_smart), pruner.graph.num_units
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="resnet20", choices=models.names())
@@ -51,28 +74,11 @@ def main() -> None:
     ap.add_argument("--structure", default="channel", choices=["channel", "block", "nm"])
     ap.add_argument("--out", default="bench_results/smart_overhead.json")
     args = ap.parse_args()
-    torch.manual_seed(0)
-    x = torch.randn(args.batch, *models.example_input(args.model).shape[1:])
-    y = torch.randint(0, 10, (args.batch,))
-    plain_model, smart_model = models.create(args.model), models.create(args.model)
-    smart_model.load_state_dict(plain_model.state_dict())
-    pruner = SmartPruner(smart_model, (x[:1],), args.profile, args.budget, args.structure,
-                         mask_steps=10 * args.steps)
-    plain, smart = _stepper(plain_model), _stepper(smart_model, pruner)
-    for _ in range(3):  # warm-up both
-        plain(x, y)
-        smart(x, y)
-    t_plain, t_smart = [], []
-    for _ in range(args.steps):  # interleaved, so drift in machine load hits both alike
-        for fn, acc in ((plain, t_plain), (smart, t_smart)):
-            t0 = time.perf_counter()
-            fn(x, y)
-            acc.append(time.perf_counter() - t0)
-    p, s = statistics.median(t_plain), statistics.median(t_smart)
-    row = {"model": args.model, "batch": args.batch, "structure": args.structure, "units": pruner.graph.num_units,
+    p, s, units = interleaved(args.model, args.batch, args.steps, args.profile, args.budget, args.structure)
+    row = {"model": args.model, "batch": args.batch, "structure": args.structure, "units": units,
            "plain_step_s": p, "smart_step_s": s, "ratio": s / p}
     print(f"SMART step vs plain step, {args.model} batch {args.batch}, {args.structure} structure "
-          f"({pruner.graph.num_units} units), median of {args.steps} interleaved steps")
+          f"({units} units), median of {args.steps} interleaved steps")
     print(f"{'plain ms':>10} {'smart ms':>10} {'ratio':>7}")
     print(f"{p * 1e3:>10.1f} {s * 1e3:>10.1f} {s / p:>7.3f}")
     write_json(args.out, {"benchmark": "smart_overhead", "machine": machine(), "row": row})

@@ -13,8 +13,11 @@ Protocol (one run of this script):
    ``--tp`` importance), plus one dense row, starts from that same checkpoint, seed and data order,
    and trains the same number of epochs: ``--epochs M,F`` = M mask epochs (pruning happens there)
    then F fine-tune epochs with the hard mask. Torch-Pruning prunes once, up front (its usual
-   one-shot use) and fine-tunes M+F epochs; its uniform pruning ratio (``round_to`` = the profile's
-   output-channel tile) is bisected so that its predicted latency lands at or under the same budget.
+   one-shot use) and fine-tunes M+F epochs; "late" control rows prune it after M dense epochs and
+   fine-tune F, our schedule. Its configuration (``round_to`` none / the profile's output tile,
+   uniform / global, pruning ratio on a 0.02 grid) is searched for the largest predicted latency at
+   or under the same budget (``tp_matched``). Its own MAC-matched workflow is priced too
+   (``tp_by_macs``, no training), for the exactness table.
    A budget below a model's floor on a profile is reported as infeasible (with the floor), not run.
 3. Every result is exported with ``export_onnx`` (checked and verified against torch), and the
    exports are **timed in onnxruntime after all training**, one at a time, 1 thread, batch 1,
@@ -54,7 +57,8 @@ from npu_compress.export import export_onnx  # noqa: E402
 from npu_compress.hardware.budget import Budget  # noqa: E402
 from npu_compress.hardware.cost import estimate  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
-from npu_compress.pruners import PRUNERS, get_pruner  # noqa: E402
+from npu_compress.io import write_atomic  # noqa: E402
+from npu_compress.pruners import PRUNERS, Pruner, get_pruner  # noqa: E402
 from npu_compress.pruning import CALIBRATION_SAMPLES, pruner_kwargs  # noqa: E402
 from npu_compress.training import Epochs, TrainConfig, train  # noqa: E402
 
@@ -189,6 +193,9 @@ def tp_by_macs(base: nn.Module, ex: torch.Tensor, importance: str, profile, frac
             hi, best = ratio, (ratio, macs, cand)
         else:
             lo = ratio
+    if best is None:
+        raise BudgetError(f"Torch-Pruning ({importance}) reached no MACs at or under {fraction:.0%} of dense "
+                          f"up to ratio {hi:.2f}")
     ratio, macs, cand = best
     lat = estimate(cand, (ex,), profile).latency_s
     return {"tp_ratio": ratio, "macs_ratio": macs / (fraction * dense_macs),
@@ -266,17 +273,11 @@ def _run_safely(setup: Setup, job: Job) -> dict[str, Any]:
 
 def floors(setup: Setup, profiles: list[str]) -> dict[str, float]:
     """Each profile's unprunable latency floor as a fraction of dense (the smallest feasible budget)."""
-    from npu_compress.graph import build
-    from npu_compress.hardware.budget import BudgetKind
-    from npu_compress.pruners.select import minimum_cost
-
+    ex = models.example_input(setup.model)
     out = {}
     for name in profiles:
-        prof = load_profile(name)
-        model = models.create(setup.model)
-        ex = torch.zeros(1, *models.example_input(setup.model).shape[1:])
-        graph = build(model, (ex,), prof, "channel")
-        out[name] = minimum_cost(graph, prof, BudgetKind.LATENCY) / estimate(model, (ex,), prof).latency_s
+        pruner = Pruner(models.create(setup.model), (ex,), name, "latency=100%", "channel")
+        out[name] = pruner.minimum / pruner.dense.latency_s
     return out
 
 
@@ -301,14 +302,10 @@ def plan(profiles: list[str], budgets: list[float], methods: list[str], tp_imps:
 
 def time_exports(rows: list[dict[str, Any]], rounds: int, repeats: int, ex_shape: tuple[int, ...]) -> None:
     import numpy as np
-    import onnxruntime as ort
+    from export_latency import _session  # one onnxruntime thread, CPU provider, quiet
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
     x = np.random.default_rng(0).standard_normal((1, *ex_shape[1:])).astype(np.float32)
-    sessions = {r["key"]: ort.InferenceSession(r["onnx"], opts, providers=["CPUExecutionProvider"])
-                for r in rows if r.get("onnx")}
+    sessions = {r["key"]: _session(Path(r["onnx"])) for r in rows if r.get("onnx")}
     samples: dict[str, list[float]] = {k: [] for k in sessions}
     for k, s in sessions.items():  # warm-up
         for _ in range(5):
@@ -448,9 +445,7 @@ def plot(rows: list[dict[str, Any]], profiles: list[str], path: str) -> None:
     axes[0][-1].legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(path).with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    tmp.replace(path)
+    write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
 
 
 def main() -> None:
@@ -477,12 +472,12 @@ def main() -> None:
     ap.add_argument("--json", default="bench_results/accuracy.json")
     ap.add_argument("--plot", default="docs/accuracy_vs_latency.png")
     args = ap.parse_args()
-    m_ep, f_ep = Epochs.parse(f"0,{args.epochs}").mask, Epochs.parse(f"0,{args.epochs}").finetune
+    epochs = Epochs.parse(f"0,{args.epochs}")
+    m_ep, f_ep = epochs.mask, epochs.finetune
     setup = Setup(args.data, args.model, args.train, args.test, args.pretrain_epochs, (m_ep, f_ep), args.lr,
                   args.batch, args.seed, args.work)
     if args.tp and importlib.util.find_spec("torch_pruning") is None:  # fail now, not after the training
         sys.exit("accuracy.py: --tp needs Torch-Pruning: pip install torch-pruning (or pass --tp with no value)")
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     data = load_data(setup)
     print(f"data: {data.name} {len(data.x_train)} train / {len(data.x_test)} test", flush=True)
     dense = pretrained(setup, data)

@@ -14,6 +14,8 @@ from typing import Callable, Sequence
 from . import __version__
 from .distributed import is_rank0
 from .errors import NpuCompressError
+from .export.agreement import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
+from .export.quantize import CalibrationMethod, Precision
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
 from .pruners import PRUNERS
 from .training import OptimizerKind
@@ -137,22 +139,39 @@ def _prune_table(r: dict, output: Path) -> str:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_onnx
+    from .export import Calibration, IntGate
     from .io import write_atomic
 
-    report = export_onnx(args.checkpoint, args.output, opset=args.opset, verify=not args.no_verify,
-                         tolerance=args.tolerance, samples=_samples(args.data) if args.data else None)
+    calibration = Calibration(args.calibrate, args.calibration)
+    gate = IntGate(args.min_agreement, args.max_drop, args.verify_samples)
     if args.json:
-        write_atomic(args.json, lambda tmp: tmp.write_text(report.to_json()))
+        _check_writable(args.json, "--json")
+    if args.target == "ethos-u":
+        from .export.ethos_u import export_ethos_u
+
+        if args.precision not in (None, "int8"):
+            raise NpuCompressError(f"--target ethos-u writes int8 only (got --precision {args.precision})")
+        report = export_ethos_u(args.checkpoint, args.output, data=args.data, calibration=calibration, gate=gate,
+                                verify=not args.no_verify, require_npu=args.require_npu)
+    else:
+        from .export import export_onnx
+
+        if args.require_npu:
+            raise NpuCompressError("--require-npu applies to --target ethos-u only")
+        report = export_onnx(args.checkpoint, args.output, opset=args.opset, verify=not args.no_verify,
+                             tolerance=args.tolerance, data=args.data, precision=args.precision,
+                             calibration=calibration, gate=gate)
+    if args.json:
+        write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2)))
     print(report.table())
     return 0
 
 
-def _samples(data: str, n: int = 64):
-    """Real inputs to verify on: the first ``n`` test samples, normalised as in training."""
-    from .data import load_dataset
-
-    return load_dataset(data).normalized().x_test[:n]
+def _check_writable(path: str, flag: str) -> None:
+    """Fail before the work, not after it, when an output folder is missing."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise NpuCompressError(f"{flag} '{path}': folder '{folder}' does not exist")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
@@ -172,7 +191,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     outcome = prune(DEMO_MODEL, "digits", profile, args.budget, method="smart",
                     config=TrainConfig(Epochs.parse(args.epochs), progress=not args.no_progress), output=ckpt)
     print(_prune_table(outcome.checkpoint.report, ckpt) + "\n")
-    report = export_onnx(ckpt, out / f"{DEMO_MODEL}.onnx", samples=_samples("digits"))
+    report = export_onnx(ckpt, out / f"{DEMO_MODEL}.onnx", data="digits")  # the profile's precision (int8)
     print(report.table())
     return 0
 
@@ -223,14 +242,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=_cmd_prune)
 
-    se = sub.add_parser("export", help="checkpoint -> simplified, verified ONNX and a report")
+    se = sub.add_parser("export", help="checkpoint -> verified ONNX (float or int8 QDQ), or an Ethos-U program; "
+                        "and a report")
     se.add_argument("checkpoint", help="a checkpoint written by 'npu-compress prune'")
-    se.add_argument("-o", "--output", required=True, help="the .onnx to write (atomically, only if verified)")
+    se.add_argument("-o", "--output", required=True, help="the .onnx (or .pte) to write (atomically, only if verified)")
+    se.add_argument("--target", default="onnx", choices=["onnx", "ethos-u"],
+                    help="onnx (default) | ethos-u: ExecuTorch program compiled by Arm Vela (extra: .[ethos-u])")
+    se.add_argument("--precision", choices=[p.value for p in Precision],
+                    help="fp32 | int8 (QDQ); default: the profile's compute.dtype (an int8 chip gets int8)")
+    se.add_argument("--data", help="'digits' or an .npz: int8 calibration (training split) and checks on its test "
+                    "split; without it int8 is calibrated and checked on random inputs only")
+    se.add_argument("--calibration", type=int, default=256, help="int8: calibration samples (default 256)")
+    se.add_argument("--calibrate", default="minmax", choices=[m.value for m in CalibrationMethod],
+                    help="int8: how activation ranges are chosen (default minmax)")
+    se.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
+                    help=f"int8: least top-1 agreement with the float model, 0..1 (default {DEFAULT_MIN_AGREEMENT})")
+    se.add_argument("--max-drop", type=float, default=DEFAULT_MAX_DROP,
+                    help=f"int8: most accuracy points lost vs float (default {DEFAULT_MAX_DROP:g})")
+    se.add_argument("--verify-samples", type=int, help="int8: test samples to check (default: the whole test split)")
+    se.add_argument("--require-npu", action="store_true", help="ethos-u: fail if any operator is left on the CPU")
     se.add_argument("--json", help="also write the report as JSON here")
-    se.add_argument("--no-verify", action="store_true", help="skip the onnxruntime comparison")
-    se.add_argument("--tolerance", type=float, default=1e-4, help="max abs error allowed (default 1e-4)")
+    se.add_argument("--no-verify", action="store_true", help="skip the onnxruntime / int8 checks")
+    se.add_argument("--tolerance", type=float, default=1e-4, help="float check: max abs error allowed (default 1e-4)")
     se.add_argument("--opset", type=int, default=17)
-    se.add_argument("--data", help="also verify on real samples: 'digits' or an .npz (its first 64 test samples)")
     se.set_defaults(func=_cmd_export)
 
     sd = sub.add_parser("demo", help="the whole path on bundled data: train, prune, fine-tune, export, verify")
@@ -243,9 +277,16 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _ours_or_errors(record: logging.LogRecord) -> bool:
+    return record.name.split(".")[0] == "npu_compress" or record.levelno >= logging.ERROR
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:  # third-party import-time chatter (torchao, onnxruntime.quantization) only with -v
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_ours_or_errors)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)

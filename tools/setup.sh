@@ -15,8 +15,10 @@ want="$(cat pyproject.toml tools/setup.sh | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
     exit 0
 fi
-echo "setting up .venv (torch ${TORCH_VERSION} CPU, onnx, onnxruntime, onnxsim, numpy, pytest) ..." >&2
+echo "setting up .venv (torch ${TORCH_VERSION} CPU, onnx, onnxruntime, onnxsim, numpy, pytest; ExecuTorch Arm" \
+     "backend + Vela for the ethos-u extra) ..." >&2
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "torch==${TORCH_VERSION}"
-.venv/bin/python -m pip install -q -e ".[test]"
+# the ethos-u extra is optional for users; installed here so the tests and CI exercise it
+.venv/bin/python -m pip install -q -e ".[test,ethos-u]" "torch==${TORCH_VERSION}"
 echo "$want" > "$stamp"

@@ -20,22 +20,26 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
 
 from .._version import __version__
 from ..checkpoint import CheckpointError, PruneCheckpoint
-from ..errors import NpuCompressError
+from ..data import Dataset, load_dataset
+from ..errors import NpuCompressError, VerificationError
 from ..graph import build, remove_pruned
 from ..graph_cost import predict, weight_formats
 from ..hardware.cost import estimate
 from ..hardware.profile import HardwareProfile, load_profile, profile_from_dict
 from ..io import atomic_path
 from ..modelspec import load_model
+from .agreement import AgreementResult, IntGate, check_agreement
 from .pack import pack_weights
+from .quantize import Calibration, Precision, quantize_qdq
 from .report import ExportReport, onnx_weight_bytes
-from .verify import DEFAULT_TOLERANCE, compare
+from .verify import DEFAULT_TOLERANCE, OrtRunner, compare
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +65,10 @@ class _Job:
     keep: torch.Tensor | None = None
     budget: str | None = None
     nm: tuple[int, int] = (2, 4)
+    profile_known: bool = True  # False: a plain model with no profile given (precision defaults to fp32)
+
+    def default_precision(self) -> Precision:
+        return Precision.default_for(self.profile.compute.dtype) if self.profile_known else Precision.FP32
 
 
 def attach_result(model: nn.Module, result: Any) -> None:
@@ -101,14 +109,29 @@ def _from_model(model: nn.Module, example_inputs: Any, profile: Any) -> _Job:
     example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
     shared = getattr(model, "_npu_compress_result", None)
     if shared is None:
-        return _Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), "dense")
-    result = shared.value
-    return _Job(model, example[:1], load_profile(profile) if profile is not None else _result_profile(result),
+        return _Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), "dense",
+                    profile_known=profile is not None)
+    result = shared.value  # carries the profile object itself: a user's own .toml need not be findable by name
+    return _Job(model, example[:1], load_profile(profile) if profile is not None else result.profile,
                 result.graph.structure.value, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
 
 
-def _result_profile(result: Any) -> HardwareProfile:
-    return load_profile(result.dense.profile)
+def job_from(model_or_checkpoint: nn.Module | str | Path, example_inputs: Any = None,
+             profile: str | HardwareProfile | None = None, structure: str | None = None) -> _Job:
+    """What to export, from a checkpoint path or a model (finalized by a pruner, or dense)."""
+    src = model_or_checkpoint
+    job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
+    if structure is not None and structure != job.structure:
+        raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "
+                               f"'{job.structure}' (dense: not pruned); export it as '{job.structure}'")
+    return job
+
+
+def as_dataset(data: Dataset | str | Path | None) -> Dataset | None:
+    """``data`` as the normalised dataset the model was trained on (normalisation is train statistics)."""
+    if data is None:
+        return None
+    return (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
 
 
 def _to_onnx(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
@@ -139,65 +162,165 @@ def _outputs(model: nn.Module, example: torch.Tensor) -> list:
     return [out] if isinstance(out, torch.Tensor) else list(out)
 
 
+@dataclass(frozen=True)
+class _Options:
+    opset: int
+    verify: bool
+    tolerance: float
+    samples: torch.Tensor | None
+    precision: Precision
+    data: Dataset | None
+    calibration: Calibration
+    gate: IntGate
+
+
 def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, example_inputs: Any = None,
                 profile: str | HardwareProfile | None = None, structure: str | None = None, opset: int = 17,
-                verify: bool = True,
-                tolerance: float = DEFAULT_TOLERANCE, samples: torch.Tensor | None = None,
-                reference: nn.Module | None = None) -> ExportReport:
-    """Export, simplify, (pack), check and verify; write ``path`` atomically; return the report.
+                verify: bool = True, tolerance: float = DEFAULT_TOLERANCE, samples: torch.Tensor | None = None,
+                reference: nn.Module | None = None, *, precision: str | Precision | None = None,
+                data: Dataset | str | Path | None = None, calibration: Calibration = Calibration(),
+                gate: IntGate = IntGate()) -> ExportReport:
+    """Export, simplify, (quantize), (pack), check and verify; write ``path`` atomically; return the report.
 
     ``structure``: optional check; the structure is the one the model was pruned with.
-    ``samples``: real inputs to verify on besides random ones. ``reference``: the torch model to
+    ``precision``: ``"fp32"`` or ``"int8"`` (QDQ); default: the profile's ``compute.dtype`` (an int8 chip
+    gets int8) where the profile is known (a checkpoint, a pruned model, or ``profile=``), else fp32.
+    ``data``: a :class:`Dataset` (or ``"digits"`` / an ``.npz`` path): int8 calibration samples come from
+    its training split, the int8 agreement/accuracy check from its test split; the float check also uses
+    its first test samples. Without it, int8 calibrates and checks on random inputs (and says so).
+    ``samples``: real inputs for the float check besides random ones. ``reference``: the torch model to
     verify against (default: the masked model as trained).
     """
-    src = model_or_checkpoint
-    job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
-    if structure is not None and structure != job.structure:
-        raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "
-                               f"'{job.structure}' (dense: not pruned); export it as '{job.structure}'")
+    if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and tolerance == tolerance):
+        raise NpuCompressError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    job = job_from(model_or_checkpoint, example_inputs, profile, structure)
+    dataset = as_dataset(data)
+    if samples is None and dataset is not None:
+        samples = dataset.x_test[:FLOAT_CHECK_SAMPLES]
+    prec = Precision.parse(precision) if precision is not None else job.default_precision()
+    options = _Options(opset, verify, tolerance, samples, prec, dataset, calibration, gate)
     was_training = job.masked.training
     job.masked.eval()
     try:
-        return _export(job, Path(path), opset, verify, tolerance, samples, reference or job.masked)
+        return _export(job, Path(path), options, reference or job.masked)
     finally:
         job.masked.train(was_training)
 
 
-def _export(job: _Job, path: Path, opset: int, verify: bool, tolerance: float, samples: torch.Tensor | None,
-            reference: nn.Module) -> ExportReport:
-    channel = job.structure == "channel"
-    exported_model = remove_pruned(job.masked, job.graph, job.keep) if channel else copy.deepcopy(job.masked)
-    proto = _to_onnx(exported_model, job.example, opset)
-    # the dense model's ONNX weights, to show what pruning saved in the file
-    dense_bytes = onnx_weight_bytes(_to_onnx(job.masked, job.example, opset) if channel else proto)
-    packed = pack_weights(proto, job.structure, tuple(job.profile.tiling.block), job.nm) \
-        if job.structure in ("block", "nm") else []
+FLOAT_CHECK_SAMPLES = 64
+RANDOM_CHECK_SAMPLES = 256
+
+
+def random_inputs(example: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    return torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(seed))
+
+
+def _stamp(proto: onnx.ModelProto, job: _Job, precision: Precision) -> None:
     onnx.helper.set_model_props(proto, {**{e.key: e.value for e in proto.metadata_props},
                                         "npu_compress.version": __version__, "npu_compress.profile": job.profile.name,
-                                        "npu_compress.structure": job.structure,
-                                        "npu_compress.budget": job.budget or ""})
+                                        "npu_compress.structure": job.structure, "npu_compress.budget": job.budget or "",
+                                        "npu_compress.precision": precision.value})
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported graph fails the ONNX checker: {e}") from None
-    verification = None
+
+
+def _pack(proto: onnx.ModelProto, job: _Job) -> list:
+    if job.structure not in ("block", "nm"):
+        return []
+    return pack_weights(proto, job.structure, tuple(job.profile.tiling.block), job.nm)
+
+
+def _float_check(tmp: Path, path: Path, reference: nn.Module, job: _Job, o: _Options):
+    batches = [random_inputs(job.example, 4, 0)] + ([o.samples] if o.samples is not None else [])
+    result = compare(tmp, reference, batches, o.tolerance)
+    if not result.finite:
+        raise VerificationError(f"'{path}' or the torch model produces non-finite outputs (NaN or Inf); "
+                                "nothing written")
+    if not result.passed:
+        raise VerificationError(f"'{path}' would differ from the torch model: max abs error "
+                                f"{result.max_abs_error:.3g} > tolerance {o.tolerance:g} x output scale "
+                                f"{result.scale:.3g}; nothing written")
+    return result
+
+
+def _export(job: _Job, path: Path, o: _Options, reference: nn.Module) -> ExportReport:
+    channel = job.structure == "channel"
+    exported_model = remove_pruned(job.masked, job.graph, job.keep) if channel else copy.deepcopy(job.masked)
+    proto = _to_onnx(exported_model, job.example, o.opset)
+    # the dense model's ONNX weights, to show what pruning saved in the file
+    dense_bytes = onnx_weight_bytes(_to_onnx(job.masked, job.example, o.opset) if channel else proto)
+    verification = agreement = None
+    calibrated_on = None
     with atomic_path(path) as tmp:
+        if o.precision == Precision.INT8:
+            if o.verify:  # the float graph first: quantization must start from a verified float model
+                _stamp(proto, job, Precision.FP32)
+                onnx.save(proto, str(tmp))
+                verification = _float_check(tmp, path, reference, job, o)
+            calib, calibrated_on = _calibration_inputs(job, o)
+            proto = quantize_qdq(proto, calib, o.calibration, job.profile.compute.dtype)
+            packed = _pack_exactly(proto, job, tmp) if o.verify else _pack(proto, job)
+            _stamp(proto, job, Precision.INT8)
+            onnx.save(proto, str(tmp))
+            if o.verify:
+                agreement = _int8_check(tmp, path, reference, job, o)
+        else:
+            packed = _pack(proto, job)
+            _stamp(proto, job, Precision.FP32)
+            onnx.save(proto, str(tmp))
+            if o.verify:
+                verification = _float_check(tmp, path, reference, job, o)
+    return _report(job, path, exported_model, proto, dense_bytes, packed, verification, o, agreement, calibrated_on)
+
+
+def _calibration_inputs(job: _Job, o: _Options) -> tuple[torch.Tensor, str]:
+    if o.data is not None:
+        x = o.data.x_train[:o.calibration.samples]
+        return x, f"training split of '{o.data.name}' ({len(x)} samples, {o.calibration.method.value})"
+    log.warning("int8 export without data: calibrating on %d random inputs; pass data (--data) for real ranges",
+                o.calibration.samples)
+    return random_inputs(job.example, o.calibration.samples, 1), \
+        f"random inputs ({o.calibration.samples} samples, {o.calibration.method.value}): no data given"
+
+
+def _pack_exactly(proto: onnx.ModelProto, job: _Job, tmp: Path) -> list:
+    """Pack the int8 weights and check the packed graph computes what the unpacked one does."""
+    if job.structure not in ("block", "nm"):
+        return []
+    unpacked = tmp.with_name(tmp.name + ".unpacked")
+    try:
+        onnx.save(proto, str(unpacked))
+        packed = _pack(proto, job)
         onnx.save(proto, str(tmp))
-        if verify:
-            batches = [torch.randn(4, *job.example.shape[1:], generator=torch.Generator().manual_seed(0))]
-            if samples is not None:
-                batches.append(samples)
-            verification = compare(tmp, reference, batches, tolerance)
-            if not verification.passed:
-                from ..errors import VerificationError
-                raise VerificationError(f"'{path}' would differ from the torch model: max abs error "
-                                        f"{verification.max_abs_error:.3g} > tolerance {tolerance:g} x output scale "
-                                        f"{verification.scale:.3g}; nothing written")
-    return _report(job, path, exported_model, proto, dense_bytes, packed, verification, opset)
+        x = random_inputs(job.example, 8, 2)
+        a, b = OrtRunner(unpacked)(x), OrtRunner(tmp)(x)
+    finally:
+        unpacked.unlink(missing_ok=True)
+    if not all(np.array_equal(u, v) for u, v in zip(a, b)):
+        raise ExportError("packing the int8 weights changed the graph's outputs; please report this")
+    return packed
+
+
+def _int8_check(tmp: Path, path: Path, reference: nn.Module, job: _Job, o: _Options) -> AgreementResult:
+    if o.data is not None:
+        n = o.gate.samples or len(o.data.x_test)
+        x, y = o.data.x_test[:n], o.data.y_test[:n]
+    else:
+        log.warning("int8 export without data: only top-1 agreement on %d random inputs is checked (no accuracy)",
+                    o.gate.samples or RANDOM_CHECK_SAMPLES)
+        x, y = random_inputs(job.example, o.gate.samples or RANDOM_CHECK_SAMPLES, 3), None
+    runner = OrtRunner(tmp)
+    result = check_agreement(lambda xb: runner(xb)[0], reference, x, y, o.gate)
+    if not result.passed:
+        raise VerificationError(result.failure(f"'{path}' (int8)") + "; nothing written")
+    return result
 
 
 def _report(job: _Job, path: Path, exported_model: nn.Module, proto: onnx.ModelProto, dense_bytes: int,
-            packed: list, verification: Any, opset: int) -> ExportReport:
+            packed: list, verification: Any, o: _Options, agreement: AgreementResult | None,
+            calibrated_on: str | None) -> ExportReport:
     dense = estimate(job.masked, job.example, job.profile)
     if job.structure == "channel":
         pruned = estimate(exported_model, job.example, job.profile)
@@ -206,8 +329,9 @@ def _report(job: _Job, path: Path, exported_model: nn.Module, proto: onnx.ModelP
     else:
         pruned = dense
     predicted = predict(job.graph, job.keep, job.profile) if job.graph is not None else None
-    return ExportReport(path=str(path), structure=job.structure, profile=job.profile.name, opset=opset,
+    return ExportReport(path=str(path), structure=job.structure, profile=job.profile.name, opset=o.opset,
                         file_bytes=path.stat().st_size, onnx_weight_bytes=onnx_weight_bytes(proto),
                         onnx_dense_weight_bytes=dense_bytes, dense=dense, pruned=pruned, predicted=predicted,
                         verification=verification, packed=packed,
-                        unprunable=job.graph.report().splitlines() if job.graph is not None else [])
+                        unprunable=job.graph.report().splitlines() if job.graph is not None else [],
+                        precision=o.precision.value, int8=agreement, calibrated_on=calibrated_on)

@@ -4,13 +4,19 @@ Weights are found from the graph itself (Conv weights, Gemm / MatMul right-hand 
 viewed in torch layout ``(out, in*kh*kw)``; which entries are zero decides what is packed, so
 the packed graph computes exactly what the dense-with-zeros graph computes.
 
-- block ``(bo, bi)``: ``values (nnz, bo, bi)`` + int32 ``index (nnz, 2)`` (block row, block column);
+- block ``(bo, bi)``: ``values (nnz, bo, bi)`` + ``index (nnz, 2)`` (block row, block column; uint8 when
+  the grid has under 256 block rows and columns, else uint16 — the 2 bytes per block the cost model counts);
   ``ConstantOfShape (R, C, bo, bi) -> ScatterND(Cast(index)) -> Transpose(0, 2, 1, 3) -> Reshape
   (R*bo, C*bi) -> Slice (out, in*k) -> Reshape (weight shape)``.
-- N:M: ``values (out, G, N)`` + uint8 ``index (out, G, N)`` (position within each group of M);
-  ``ConstantOfShape (out, G, M) -> ScatterElements(Cast(index), axis=2) -> Reshape (weight shape)``.
+- N:M: ``values (out, G, N)`` + ``index`` (position within each group of M) bit-packed at
+  ``b = ceil(log2 M)`` bits (rounded up to 1, 2, 4 or 8), ``8 / b`` positions per uint8 byte, as the cost
+  model's ``nm_index_bits`` counts them; unpacked in the graph by integer ``Div`` / ``Mod``:
+  ``Cast(int32) -> Unsqueeze -> Div(2^(b*j)) -> Mod(2^b) -> Reshape -> Slice -> Reshape (out, G, N) ->
+  Cast(int64) -> ScatterElements(ConstantOfShape (out, G, M), axis=2) -> Reshape (weight shape)``.
 
-A weight is packed only when that makes it smaller. Layout goes in ``metadata_props``.
+In a QDQ int8 graph the int8 weight behind each ``DequantizeLinear`` is what gets packed (int8
+values + indices, then the DequantizeLinear as before), so the file holds the bytes an int8 chip
+stores. A weight is packed only when that makes it smaller. Layout goes in ``metadata_props``.
 """
 from __future__ import annotations
 
@@ -35,17 +41,28 @@ class PackedWeight:
 
 
 def _weight_users(graph: onnx.GraphProto) -> dict[str, bool]:
-    """Initializer name -> whether its torch layout is its transpose (Gemm transB=0, MatMul)."""
+    """Initializer name -> whether its torch layout is its transpose (Gemm transB=0, MatMul).
+
+    In a QDQ graph a weight reaches its Conv / Gemm / MatMul through a ``DequantizeLinear``: the
+    int8 initializer behind it is the weight (symmetric per-channel: a pruned 0 is an int8 0)."""
     inits = {i.name for i in graph.initializer}
+    dequantized = {n.output[0]: n.input[0] for n in graph.node
+                   if n.op_type == "DequantizeLinear" and n.input[0] in inits}
+
+    def source(name: str) -> str | None:
+        return name if name in inits else dequantized.get(name)
+
     users: dict[str, bool] = {}
     for node in graph.node:
-        if node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in inits:
-            users[node.input[1]] = False
-        elif node.op_type == "Gemm" and len(node.input) > 1 and node.input[1] in inits:
-            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
-            users[node.input[1]] = not trans_b
-        elif node.op_type == "MatMul" and len(node.input) > 1 and node.input[1] in inits:
-            users[node.input[1]] = True
+        weight = source(node.input[1]) if len(node.input) > 1 else None
+        if weight is None:
+            continue
+        if node.op_type == "Conv":
+            users[weight] = False
+        elif node.op_type == "Gemm":
+            users[weight] = not next((a.i for a in node.attribute if a.name == "transB"), 0)
+        elif node.op_type == "MatMul":
+            users[weight] = True
     return users
 
 
@@ -66,7 +83,7 @@ def _block_nodes(name: str, w: np.ndarray, transposed: bool, bo: int, bi: int):
     padded[:rows, :cols] = mat
     blocks = padded.reshape(r_blocks, bo, c_blocks, bi).transpose(0, 2, 1, 3)  # (R, C, bo, bi)
     nonzero = np.abs(blocks).reshape(r_blocks, c_blocks, -1).max(axis=2) > 0
-    index = np.argwhere(nonzero).astype(np.int32)  # (nnz, 2); cast to int64 in the graph
+    index = np.argwhere(nonzero).astype(np.uint8 if max(r_blocks, c_blocks) <= 256 else np.uint16)  # (nnz, 2)
     values = blocks[nonzero]  # (nnz, bo, bi)
     p = f"{name}__packed"
     inits = [_const(f"{p}_values", values), _const(f"{p}_index", index),
@@ -98,21 +115,50 @@ def _nm_nodes(name: str, w: np.ndarray, transposed: bool, n: int, m: int):
     if int((groups != 0).sum(axis=2).max(initial=0)) > n:
         return None  # some group keeps more than N: not N:M
     # the N largest magnitudes per group hold every non-zero; ties among zeros are harmless
-    # positions within a group of M fit a byte; cast to int64 in the graph
-    index = np.argsort(-np.abs(groups), axis=2, kind="stable")[:, :, :n].astype(np.uint8)  # (out, G, N)
-    values = np.take_along_axis(groups, index.astype(np.int64), axis=2)
+    index = np.argsort(-np.abs(groups), axis=2, kind="stable")[:, :, :n]  # (out, G, N)
+    values = np.take_along_axis(groups, index, axis=2)
     p = f"{name}__packed"
-    inits = [_const(f"{p}_values", values), _const(f"{p}_index", index),
+    packed_index, unpack = _bit_packed(p, index, m)
+    inits = [_const(f"{p}_values", values), *packed_index,
              _const(f"{p}_grid", np.array([rows, cols // m, m], dtype=np.int64)),
              _const(f"{p}_shape", np.array(w.T.shape if transposed else w.shape, dtype=np.int64))]
     zero = helper.make_tensor(f"{p}_zero", onnx_dtype(w.dtype), [1], [0])
-    nodes = [helper.make_node("ConstantOfShape", [f"{p}_grid"], [f"{p}_z"], value=zero),
-             helper.make_node("Cast", [f"{p}_index"], [f"{p}_i64"], to=TensorProto.INT64),
+    nodes = [*unpack, helper.make_node("ConstantOfShape", [f"{p}_grid"], [f"{p}_z"], value=zero),
              helper.make_node("ScatterElements", [f"{p}_z", f"{p}_i64", f"{p}_values"], [f"{p}_s"], axis=2),
              helper.make_node("Reshape", [f"{p}_s", f"{p}_shape"], [name if not transposed else f"{p}_w"])]
     if transposed:
         nodes.append(helper.make_node("Transpose", [f"{p}_w"], [name], perm=list(range(w.ndim))[::-1]))
-    return nodes, inits, n / m, values.nbytes, index.nbytes
+    index_bytes = numpy_helper.to_array(packed_index[0]).nbytes
+    return nodes, inits, n / m, values.nbytes, index_bytes
+
+
+def _bit_packed(p: str, index: np.ndarray, m: int) -> tuple[list[TensorProto], list]:
+    """Positions in [0, m) packed ``8 // b`` to a byte, and the nodes that unpack them to ``{p}_i64``.
+
+    >>> # M = 4 -> b = 2: positions [1, 3, 0, 2] -> one byte 1 + 3*4 + 0*16 + 2*64 = 141
+    """
+    bits = next(b for b in (1, 2, 4, 8) if (1 << b) >= m)
+    per_byte = 8 // bits
+    flat = index.reshape(-1).astype(np.int64)
+    padded = np.zeros(math.ceil(len(flat) / per_byte) * per_byte, dtype=np.int64)
+    padded[:len(flat)] = flat
+    weights = (1 << (bits * np.arange(per_byte))).astype(np.int64)  # (f,)
+    packed = (padded.reshape(-1, per_byte) * weights).sum(axis=1).astype(np.uint8)  # (P,)
+    inits = [_const(f"{p}_index", packed), _const(f"{p}_div", weights.astype(np.int32)),
+             _const(f"{p}_mod", np.array([1 << bits], dtype=np.int32)),
+             _const(f"{p}_ax", np.array([1], dtype=np.int64)),
+             _const(f"{p}_flatn", np.array([-1], dtype=np.int64)),
+             _const(f"{p}_n0", np.array([0], dtype=np.int64)), _const(f"{p}_nk", np.array([len(flat)], dtype=np.int64)),
+             _const(f"{p}_ishape", np.array(index.shape, dtype=np.int64))]
+    nodes = [helper.make_node("Cast", [f"{p}_index"], [f"{p}_i32"], to=TensorProto.INT32),
+             helper.make_node("Unsqueeze", [f"{p}_i32", f"{p}_ax"], [f"{p}_u"]),  # (P, 1)
+             helper.make_node("Div", [f"{p}_u", f"{p}_div"], [f"{p}_d"]),  # (P, f)
+             helper.make_node("Mod", [f"{p}_d", f"{p}_mod"], [f"{p}_r"]),
+             helper.make_node("Reshape", [f"{p}_r", f"{p}_flatn"], [f"{p}_rf"]),
+             helper.make_node("Slice", [f"{p}_rf", f"{p}_n0", f"{p}_nk"], [f"{p}_rs"]),
+             helper.make_node("Reshape", [f"{p}_rs", f"{p}_ishape"], [f"{p}_ri"]),
+             helper.make_node("Cast", [f"{p}_ri"], [f"{p}_i64"], to=TensorProto.INT64)]
+    return inits, nodes
 
 
 def onnx_dtype(dtype: np.dtype) -> int:

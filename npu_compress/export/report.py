@@ -39,6 +39,15 @@ class ExportReport:
     verification: Any = None  # VerifyResult, or None with --no-verify
     packed: list = field(default_factory=list)  # PackedWeight per packed tensor
     unprunable: list = field(default_factory=list)  # the pruning graph's report lines
+    precision: str = "fp32"  # what the file computes in: fp32 | int8 (QDQ)
+    int8: Any = None  # AgreementResult of the int8 file vs the float torch model, or None
+    calibrated_on: str | None = None  # where the int8 activation ranges came from
+
+    @property
+    def weight_bytes_ratio(self) -> float:
+        """Weight bytes in the file / the cost model's memory bytes for the pruned model (1.0: the file
+        stores what the budget counted; ~4 for a float32 file of an int8 chip)."""
+        return self.onnx_weight_bytes / max(self.pruned.memory_bytes, 1)
 
     def to_dict(self) -> dict[str, Any]:
         v = self.verification
@@ -47,14 +56,19 @@ class ExportReport:
                 "onnx_dense_weight_bytes": self.onnx_dense_weight_bytes,
                 "dense": _cost(self.dense), "pruned": _cost(self.pruned), "predicted": _cost(self.predicted),
                 "verification": None if v is None else {**dataclasses.asdict(v), "passed": v.passed},
-                "packed": [dataclasses.asdict(p) for p in self.packed], "unprunable": self.unprunable}
+                "packed": [dataclasses.asdict(p) for p in self.packed], "unprunable": self.unprunable,
+                "precision": self.precision, "cost_memory_bytes": self.pruned.memory_bytes,
+                "weight_bytes_ratio": self.weight_bytes_ratio, "calibrated_on": self.calibrated_on,
+                "int8": None if self.int8 is None else {**dataclasses.asdict(self.int8), "drop_points": self.int8.drop,
+                                                        "passed": self.int8.passed}}
 
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
     def table(self) -> str:
         d, p = self.dense, self.pruned
-        rows = [f"exported {self.structure} model -> {self.path} ({self.file_bytes:,} bytes, opset {self.opset})",
+        rows = [f"exported {self.structure} {self.precision} model -> {self.path} ({self.file_bytes:,} bytes, "
+                f"opset {self.opset})",
                 f"{'on ' + self.profile:<24}{'dense':>14}{'pruned':>14}{'ratio':>8}"]
         for label, a, b in (("latency (ms)", d.latency_s * 1e3, p.latency_s * 1e3),
                             ("memory (bytes)", d.memory_bytes, p.memory_bytes), ("MACs", d.macs, p.macs),
@@ -63,11 +77,22 @@ class ExportReport:
             rows.append(f"{label:<24}{a:>14{fmt}}{b:>14{fmt}}{(b / a if a else 1.0):>8.3f}")
         rows.append(f"{'ONNX weight bytes':<24}{self.onnx_dense_weight_bytes:>14,}{self.onnx_weight_bytes:>14,}"
                     f"{self.onnx_weight_bytes / max(self.onnx_dense_weight_bytes, 1):>8.3f}")
+        rows.append(f"weight bytes in file {self.onnx_weight_bytes:,} vs cost model memory {p.memory_bytes:,} "
+                    f"({self.precision} file / {self.profile}): ratio {self.weight_bytes_ratio:.3f}")
         if self.packed:
-            rows.append(f"packed tensors: {len(self.packed)} ({self.structure})")
+            rows.append(f"packed tensors: {len(self.packed)} ({self.structure}, {self.precision} values)")
         v = self.verification
-        rows.append("verification: skipped" if v is None else
-                    f"verification: max abs error {v.max_abs_error:.2e}, max rel {v.max_rel_error:.2e} over "
+        label = "float check" if self.precision != "fp32" else "verification"
+        rows.append(f"{label}: skipped" if v is None else
+                    f"{label}: max abs error {v.max_abs_error:.2e}, max rel {v.max_rel_error:.2e} over "
                     f"{v.samples} samples (tolerance {v.tolerance:g} x output scale {v.scale:.3g}): "
                     f"{'passed' if v.passed else 'FAILED'}")
+        if self.calibrated_on:
+            rows.append(f"int8 calibration: {self.calibrated_on}")
+        if self.precision == "int8":
+            i = self.int8
+            rows.append("int8 check: skipped" if i is None else
+                        f"int8 check: {i.describe()}; gate agreement >= {100 * i.min_agreement:.1f}%"
+                        + (f", drop <= {i.max_drop:g} points" if i.labelled else "") +
+                        f": {'passed' if i.passed else 'FAILED'}")
         return "\n".join(rows)

@@ -29,10 +29,11 @@ class VerifyResult:
     samples: int
     tolerance: float
     scale: float = 1.0
+    finite: bool = True  # every output of both models is finite (NaN / Inf never pass)
 
     @property
     def passed(self) -> bool:
-        return self.max_abs_error <= self.tolerance * self.scale
+        return self.finite and self.max_abs_error <= self.tolerance * self.scale
 
 
 def _as_batches(inputs: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
@@ -50,14 +51,24 @@ def _flat_outputs(out) -> list[torch.Tensor]:
     return flat
 
 
-def run_onnx(path: str | Path, x: torch.Tensor) -> list[np.ndarray]:
-    import onnxruntime as ort
+class OrtRunner:
+    """One onnxruntime CPU session over a file: ``runner(x)`` -> the outputs as numpy arrays."""
 
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return session.run(None, {name: x.detach().cpu().numpy()})
+    def __init__(self, path: str | Path):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: torch.Tensor) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: x.detach().cpu().numpy()})
+
+
+def run_onnx(path: str | Path, x: torch.Tensor) -> list[np.ndarray]:
+    return OrtRunner(path)(x)
 
 
 def compare(path: str | Path, model: nn.Module, batches: Sequence[torch.Tensor],
@@ -68,16 +79,19 @@ def compare(path: str | Path, model: nn.Module, batches: Sequence[torch.Tensor],
     abs_err = rel_err = 0.0
     scale = 1.0
     samples = 0
+    finite = True
+    runner = OrtRunner(path)
     try:
         for x in batches:
             with torch.no_grad():
                 ref = [t.numpy() for t in _flat_outputs(model(x))]
-            got = run_onnx(path, x)
+            got = runner(x)
             if len(got) != len(ref):
                 raise VerificationError(f"'{path}' has {len(got)} outputs, the torch model {len(ref)}")
             for a, b in zip(got, ref):
                 if a.shape != b.shape:
                     raise VerificationError(f"'{path}' output shape {a.shape} differs from torch {b.shape}")
+                finite = finite and bool(np.isfinite(a).all() and np.isfinite(b).all())
                 diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
                 scale = max(scale, float(np.abs(b).max(initial=0.0)))
                 abs_err = max(abs_err, float(diff.max(initial=0.0)))
@@ -85,7 +99,7 @@ def compare(path: str | Path, model: nn.Module, batches: Sequence[torch.Tensor],
             samples += len(x)
     finally:
         model.train(was)
-    return VerifyResult(abs_err, rel_err, samples, tolerance, scale)
+    return VerifyResult(abs_err, rel_err, samples, tolerance, scale, finite)
 
 
 def verify_onnx(path: str | Path, reference_model: nn.Module, inputs: torch.Tensor | Iterable[torch.Tensor],
@@ -93,6 +107,9 @@ def verify_onnx(path: str | Path, reference_model: nn.Module, inputs: torch.Tens
     """Run ``path`` in onnxruntime and ``reference_model`` in torch on ``inputs`` (a tensor or batches);
     raise :class:`VerificationError` if the max abs error exceeds ``tolerance * max(1, max |output|)``."""
     result = compare(path, reference_model, _as_batches(inputs), tolerance)
+    if not result.finite:
+        raise VerificationError(f"'{path}' or the torch model produces non-finite outputs (NaN or Inf) on "
+                                f"{result.samples} samples")
     if not result.passed:
         raise VerificationError(f"'{path}' differs from the torch model: max abs error {result.max_abs_error:.3g} "
                                 f"> tolerance {tolerance:g} x output scale {result.scale:.3g} (max rel error "

@@ -84,6 +84,20 @@ class Overhead:
 
 
 @dataclass(frozen=True)
+class Toolchain:
+    """The chip vendor's compiler that a ``--target`` export drives (optional section ``[toolchain]``)."""
+
+    vela_accelerator: str = ""  # Arm Vela --accelerator-config, e.g. "ethos-u55-128" ("" : not an Ethos-U)
+    vela_system_config: str = ""  # Vela --system-config in Arm/vela.ini ("": ExecuTorch's default for the target)
+    vela_memory_mode: str = ""  # Vela --memory-mode ("": ExecuTorch's default for the target)
+
+
+VELA_ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
+                     "ethos-u65-512", "ethos-u85-128", "ethos-u85-256", "ethos-u85-512", "ethos-u85-1024",
+                     "ethos-u85-2048")  # Vela's accelerator configurations (ethosu/vela/architecture_features.py)
+
+
+@dataclass(frozen=True)
 class HardwareProfile:
     """A chip, as the cost model sees it. Frozen; compare with ``==``."""
 
@@ -96,6 +110,7 @@ class HardwareProfile:
     memory: Memory
     sparsity: Sparsity
     overhead: Overhead
+    toolchain: Toolchain = Toolchain()
 
     @property
     def peak_macs_per_s(self) -> float:
@@ -112,6 +127,8 @@ class HardwareProfile:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
+            if isinstance(v, Toolchain) and v == Toolchain():
+                continue  # the optional section, absent
             if dataclasses.is_dataclass(v):
                 out[f.name] = {g.name: conv(getattr(v, g.name)) for g in fields(v)}
             else:
@@ -146,7 +163,9 @@ def _toml_value(v: Any) -> str:
 
 _SECTIONS: dict[str, type] = {
     "compute": Compute, "tiling": Tiling, "memory": Memory, "sparsity": Sparsity, "overhead": Overhead,
+    "toolchain": Toolchain,
 }
+_OPTIONAL_SECTIONS = ("toolchain",)
 _TOP = ("schema_version", "name", "description", "source")
 
 
@@ -201,9 +220,14 @@ def _parse_value(where: str, qual: str, key: str, v: Any) -> Any:
         if not isinstance(v, bool):
             raise ProfileError(f"{where}: key '{qual}' must be true or false, got {v!r}")
         return v
-    if key in ("weight_compression",):
+    if key in ("weight_compression", "vela_system_config", "vela_memory_mode"):
         if not isinstance(v, str):
             raise ProfileError(f"{where}: key '{qual}' must be a string, got {v!r}")
+        return v
+    if key == "vela_accelerator":
+        if v not in VELA_ACCELERATORS:
+            raise ProfileError(f"{where}: key '{qual}' = {v!r} is not a Vela accelerator configuration; allowed: "
+                               f"{', '.join(VELA_ACCELERATORS)}")
         return v
     if key in ("clock_hz", "dram_bandwidth_bytes_per_s"):
         return float(_check_number(where, qual, v, float))
@@ -219,7 +243,7 @@ def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwarePr
         allowed = ", ".join(list(_TOP) + [f"[{s}]" for s in _SECTIONS])
         raise ProfileError(f"{where}: unknown key '{unknown[0]}'; allowed top-level keys: {allowed}")
     for key in _TOP + tuple(_SECTIONS):
-        if key not in data:
+        if key not in data and key not in _OPTIONAL_SECTIONS:
             raise ProfileError(f"{where}: missing key '{key}'")
     if data["schema_version"] != SCHEMA_VERSION:
         raise ProfileError(
@@ -227,7 +251,7 @@ def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwarePr
     for key in ("name", "description", "source"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise ProfileError(f"{where}: key '{key}' must be a non-empty string, got {data[key]!r}")
-    sections = {name: _parse_section(where, name, data[name]) for name in _SECTIONS}
+    sections = {name: _parse_section(where, name, data[name]) for name in _SECTIONS if name in data}
     return HardwareProfile(SCHEMA_VERSION, data["name"], data["description"], data["source"], **sections)
 
 

@@ -37,6 +37,7 @@ class PruneResult:
     dense: CostReport
     budget: Budget
     target: float  # the budget in seconds or bytes
+    profile: HardwareProfile  # the profile itself (a user's own .toml need not be findable by name)
 
     @property
     def achieved_ratio(self) -> float:
@@ -105,7 +106,7 @@ class Pruner:
         keep = self.graph.check_keep(keep)
         apply_masks(self.model, self.graph, keep)
         self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
-                                  self.budget, self.target)
+                                  self.budget, self.target, self.profile)
         attach_result(self.model, self.result)
 
     def _before_finalize(self) -> None:

@@ -26,3 +26,23 @@ def digits_small():
     from npu_compress import load_dataset
 
     return load_dataset("digits").normalized().subset(256, 64)
+
+
+@pytest.fixture(scope="session")
+def spiked_digits():
+    """A trained digits-cnn with the same function in float but hostile to int8: channel 0 of the first
+    block's BatchNorm scaled up 1e4 and its consumer's input weights down 1e4 (ReLU commutes with a
+    positive scale). The per-tensor int8 activation range then belongs to that one channel and every
+    other channel rounds to 0, so no honest int8 gate can pass it."""
+    import npu_compress as nc
+    from npu_compress.training import Epochs, TrainConfig
+
+    torch.manual_seed(0)
+    model = nc.models.create("digits-cnn")
+    nc.train(model, nc.load_dataset("digits").normalized(), TrainConfig(Epochs(0, 0, 2), progress=False))
+    bn, consumer = model.features[0][1], model.features[1][0]
+    with torch.no_grad():
+        bn.weight[0] *= 1e4
+        bn.bias[0] *= 1e4
+        consumer.weight[:, 0] /= 1e4
+    return model.eval()

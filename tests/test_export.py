@@ -1,4 +1,5 @@
 """Export: every zoo model x structure x two sparsities -> checked, verified ONNX whose cost matches."""
+import functools
 import math
 
 import numpy as np
@@ -10,6 +11,9 @@ from onnx import numpy_helper
 from npu_compress import Budget, VerificationError, estimate, graph, load_profile, models
 from npu_compress.checkpoint import CheckpointError, PruneCheckpoint
 from npu_compress.export import attach_result, export_onnx, verify_onnx
+
+# this file tests the float32 path; int8 (the default on int8 profiles) is tests/test_int8.py
+export_fp32 = functools.partial(export_onnx, precision="fp32")
 from npu_compress.graph_cost import predict
 from npu_compress.io import OutputError
 from npu_compress.pruners import PruneResult
@@ -43,7 +47,7 @@ def _pruned(name, structure, frac, seed=0):
     keep = _random_keep(g, frac, seed)
     graph.apply_masks(model, g, keep)
     dense = predict(g, torch.ones(g.num_units, dtype=torch.bool), p)
-    result = PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("latency=100%"), dense.latency_s)
+    result = PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("latency=100%"), dense.latency_s, p)
     attach_result(model, result)
     return model, x, result
 
@@ -64,7 +68,7 @@ SLOW = {"vgg16", "resnet56", "mobilenetv2"}  # the largest: same code paths, run
 def test_export_verifies_and_costs_match(name, structure, frac, tmp_path):
     model, x, result = _pruned(name, structure, frac)
     path = tmp_path / "m.onnx"
-    report = export_onnx(model, path, example_inputs=(x,))
+    report = export_fp32(model, path, example_inputs=(x,))
     onnx.checker.check_model(str(path))
     v = report.verification
     assert v.passed and v.max_abs_error <= 1e-4 * max(1.0, v.scale)
@@ -94,10 +98,10 @@ def test_packed_file_holds_about_half_the_weight_bytes(structure, tmp_path):
     keep = _random_keep(g, 0.5, 0)
     graph.apply_masks(model, g, keep)
     dense_path = tmp_path / "dense.onnx"
-    export_onnx(models.create("resnet20").eval(), dense_path, example_inputs=(x,))
+    export_fp32(models.create("resnet20").eval(), dense_path, example_inputs=(x,))
     dense = predict(g, torch.ones(g.num_units, dtype=torch.bool), p)
-    attach_result(model, PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("memory=100%"), 1.0))
-    report = export_onnx(model, tmp_path / "packed.onnx", example_inputs=(x,))
+    attach_result(model, PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("memory=100%"), 1.0, p))
+    report = export_fp32(model, tmp_path / "packed.onnx", example_inputs=(x,))
     assert report.packed, "nothing was packed"
     index_bytes = sum(pw.index_bytes for pw in report.packed)
     packed_dense = sum(pw.dense_bytes for pw in report.packed)
@@ -117,10 +121,10 @@ def test_verification_failure_leaves_nothing_and_keeps_existing_file(tmp_path):
     with torch.no_grad():
         perturbed.fc.bias[0] += 1.0  # a weight column could feed from a pruned (zero) channel
     with pytest.raises(VerificationError, match="nothing written"):
-        export_onnx(model, path, example_inputs=(x,), reference=perturbed)
+        export_fp32(model, path, example_inputs=(x,), reference=perturbed)
     assert path.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp file left
-    export_onnx(model, path, example_inputs=(x,))
+    export_fp32(model, path, example_inputs=(x,))
     with pytest.raises(VerificationError, match="max abs error"):
         verify_onnx(path, perturbed, torch.randn(2, 1, 8, 8))
 
@@ -129,9 +133,9 @@ def test_unwritable_path_and_wrong_structure(tmp_path):
     model, x, _ = _pruned("digits-cnn", "channel", 0.3)
     from npu_compress import NpuCompressError
     with pytest.raises(NpuCompressError, match="pruned with structure 'channel'"):
-        export_onnx(model, tmp_path / "m.onnx", example_inputs=(x,), structure="block")
+        export_fp32(model, tmp_path / "m.onnx", example_inputs=(x,), structure="block")
     with pytest.raises(OutputError, match="does not exist"):
-        export_onnx(model, tmp_path / "no" / "such" / "m.onnx", example_inputs=(x,))
+        export_fp32(model, tmp_path / "no" / "such" / "m.onnx", example_inputs=(x,))
 
 
 def _checkpoint(tmp_path, **change):
@@ -148,7 +152,7 @@ def _checkpoint(tmp_path, **change):
 
 def test_export_from_checkpoint_matches_model(tmp_path):
     path, model = _checkpoint(tmp_path)
-    report = export_onnx(path, tmp_path / "c.onnx")
+    report = export_fp32(path, tmp_path / "c.onnx")
     assert report.verification.passed and report.structure == "channel"
     assert report.pruned.params < report.dense.params
 
@@ -156,22 +160,22 @@ def test_export_from_checkpoint_matches_model(tmp_path):
 def test_bad_checkpoints(tmp_path):
     path, _ = _checkpoint(tmp_path, model_spec="resnet20", input_shape=(1, 3, 32, 32))
     with pytest.raises(CheckpointError, match="another model"):
-        export_onnx(path, tmp_path / "x.onnx")
+        export_fp32(path, tmp_path / "x.onnx")
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(CheckpointError, match="not readable"):
-        export_onnx(bad, tmp_path / "x.onnx")
+        export_fp32(bad, tmp_path / "x.onnx")
     with pytest.raises(CheckpointError, match="does not exist"):
-        export_onnx(tmp_path / "missing.ckpt", tmp_path / "x.onnx")
+        export_fp32(tmp_path / "missing.ckpt", tmp_path / "x.onnx")
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not an npu_compress checkpoint"):
-        export_onnx(tmp_path / "other.pt", tmp_path / "x.onnx")
+        export_fp32(tmp_path / "other.pt", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_dense_model_exports_and_verifies(tmp_path):
     model, x = models.create("unet-small").eval(), models.example_input("unet-small")
-    report = export_onnx(model, tmp_path / "d.onnx", example_inputs=(x,), samples=torch.randn(2, 3, 32, 32))
+    report = export_fp32(model, tmp_path / "d.onnx", example_inputs=(x,), samples=torch.randn(2, 3, 32, 32))
     assert report.structure == "dense" and report.verification.samples == 6
     assert math.isclose(report.pruned.latency_s, estimate(model, x, "generic-4tops").latency_s)
     assert np.isfinite(report.verification.max_rel_error)

@@ -119,3 +119,17 @@ def test_profile_is_frozen():
     p = load_profile("ethos-u55-256")
     with pytest.raises(AttributeError):
         p.compute.clock_hz = 1.0  # type: ignore[misc]
+
+
+def test_toolchain_section_is_optional_and_validated(tmp_path):
+    assert load_profile("generic-4tops").toolchain.vela_accelerator == ""
+    u55 = load_profile("ethos-u55-128").toolchain
+    assert (u55.vela_accelerator, u55.vela_system_config, u55.vela_memory_mode) == \
+        ("ethos-u55-128", "Ethos_U55_High_End_Embedded", "Shared_Sram")
+    data = _base()
+    data["toolchain"] = {"vela_accelerator": "ethos-u99"}
+    with pytest.raises(ProfileError, match="toolchain.vela_accelerator.*allowed: ethos-u55-32"):
+        load_profile(_write(tmp_path, data))
+    data["toolchain"] = {"vela_accelerator": "ethos-u55-64", "compiler": "x"}
+    with pytest.raises(ProfileError, match="unknown key 'toolchain.compiler'"):
+        load_profile(_write(tmp_path, data))

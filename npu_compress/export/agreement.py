@@ -4,7 +4,7 @@ Max abs error is meaningless at int8 (every output moves by up to a quantization
 integer file is judged the way a user judges it: on real samples, does it pick the same class as
 the float torch model (agreement), and how much accuracy does it lose (drop, in points)?
 
-    >>> gate = IntGate(min_agreement=0.97, max_drop=1.0)
+    >>> gate = IntGate(min_agreement=0.95, max_drop=1.0)
     >>> result = check_agreement(lambda x: run_int8(x), float_model, x_test, y_test, gate)
     >>> result.agreement, result.float_accuracy, result.int_accuracy, result.passed
 
@@ -24,11 +24,13 @@ from ..errors import NpuCompressError
 
 BATCH = 256
 
-# Defaults a careful user accepts. Post-training int8 of a CNN typically keeps 98-99.5 % top-1
-# agreement and loses under 1 point (measured here: docs/BENCHMARKS.md, "INT8 export"); 97 % / 1
-# point leaves room for small test sets (on the 360 bundled digits one sample is 0.28 points)
-# while refusing a broken quantization (a mis-scaled layer drops agreement far below 90 %).
-DEFAULT_MIN_AGREEMENT = 0.97
+# Defaults a careful user accepts. Post-training int8 keeps 97.8-99.7 % top-1 agreement and loses
+# 0-0.3 points on the models measured here (docs/BENCHMARKS.md, "INT8 export": a 67 % CIFAR-10
+# ResNet-20 agrees 97.8 %: the less confident a model, the more of its near-ties flip). A broken
+# quantization (one outlier channel owning a per-tensor range) falls far below 90 %. So: agreement
+# >= 95 % refuses the broken without refusing honest low-accuracy models, and the accuracy gate of
+# 1 point is the user's real guard (on the 360 bundled test digits one sample is 0.28 points).
+DEFAULT_MIN_AGREEMENT = 0.95
 DEFAULT_MAX_DROP = 1.0  # accuracy points
 
 

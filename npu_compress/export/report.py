@@ -75,7 +75,8 @@ class ExportReport:
                             ("params", d.params, p.params)):
             fmt = ".4f" if isinstance(a, float) else ","
             rows.append(f"{label:<24}{a:>14{fmt}}{b:>14{fmt}}{(b / a if a else 1.0):>8.3f}")
-        rows.append(f"{'ONNX weight bytes':<24}{self.onnx_dense_weight_bytes:>14,}{self.onnx_weight_bytes:>14,}"
+        label = "ONNX weight bytes" if self.precision == "fp32" else f"ONNX bytes fp32->{self.precision}"
+        rows.append(f"{label:<24}{self.onnx_dense_weight_bytes:>14,}{self.onnx_weight_bytes:>14,}"
                     f"{self.onnx_weight_bytes / max(self.onnx_dense_weight_bytes, 1):>8.3f}")
         rows.append(f"weight bytes in file {self.onnx_weight_bytes:,} vs cost model memory {p.memory_bytes:,} "
                     f"({self.precision} file / {self.profile}): ratio {self.weight_bytes_ratio:.3f}")

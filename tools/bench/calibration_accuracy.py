@@ -63,7 +63,7 @@ def model_rows(pruned: bool, overhead: float, tmp: Path) -> list[dict]:
             if budget:  # channel pruning zeroes units; export removes them physically
                 pred = nc.SmartPruner(model, (x,), PROFILE, budget, mask_steps=1).finalize().predicted.latency_s
             path = tmp / f"{name}-{tag}.onnx"
-            nc.export_onnx(model, path, example_inputs=(x,), verify=False)
+            nc.export_onnx(model, path, example_inputs=(x,), verify=False, precision="fp32")
             meas = measure_onnx(path, x, overhead)
             rows.append({"name": f"{name} {tag}", "measured_s": meas, "predicted_s": pred})
             print(f"  {name} {tag}: measured {meas * 1e3:.3f} ms, predicted {pred * 1e3:.3f} ms", flush=True)

@@ -66,7 +66,7 @@ def main() -> None:
     for name in args.models:
         x1 = models.example_input(name)
         dense_path = work / f"{name}-dense.onnx"
-        export_onnx(models.create(name).eval(), dense_path, example_inputs=(x1,))
+        export_onnx(models.create(name).eval(), dense_path, example_inputs=(x1,), precision="fp32")
         dense_sess = _session(dense_path)
         for profile in args.profiles:
             for pct in args.budgets:
@@ -81,7 +81,7 @@ def main() -> None:
                     continue
                 result = pruner.finalize()
                 path = work / f"{name}-{profile}-{pct:g}.onnx"
-                export_onnx(model, path, example_inputs=(x1,))
+                export_onnx(model, path, example_inputs=(x1,), precision="fp32")
                 row.update(predicted_speedup=result.dense.latency_s / result.predicted.latency_s,
                            achieved_ratio=result.achieved_ratio, macs_ratio=result.predicted.macs / result.dense.macs)
                 sess = _session(path)

@@ -89,7 +89,8 @@ def measure(label: str, source: Any, data: Dataset, profile: str, calibrate: lis
     row["qdq"] = {}
     for method in calibrate:
         t0 = time.perf_counter()
-        r = export_onnx(source, work / f"{slug}_{method}.onnx", precision="int8", data=data, calibration=Calibration(method, samples), gate=OPEN_GATE, **kw)
+        r = export_onnx(source, work / f"{slug}_{method}.onnx", precision="int8", data=data,
+                        calibration=Calibration(method, samples), gate=OPEN_GATE, **kw)
         row["qdq"][method] = {"accuracy": r.int8.int_accuracy, "float_accuracy": r.int8.float_accuracy,
                               "agreement": r.int8.agreement, "drop_points": r.int8.drop, "sqnr_db": r.int8.sqnr_db,
                               "default_gate_passes": _gate_passes(r.int8), "file_bytes": r.file_bytes,
@@ -98,7 +99,8 @@ def measure(label: str, source: Any, data: Dataset, profile: str, calibrate: lis
         print(f"  {label} QDQ {method}: int8 {100 * r.int8.int_accuracy:.2f}% (float "
               f"{100 * r.int8.float_accuracy:.2f}%), agreement {100 * r.int8.agreement:.2f}%", flush=True)
     t0 = time.perf_counter()
-    e = export_ethos_u(source, work / f"{slug}.pte", data=data, calibration=Calibration("minmax", samples), gate=OPEN_GATE, **kw)
+    e = export_ethos_u(source, work / f"{slug}.pte", data=data, calibration=Calibration("minmax", samples),
+                       gate=OPEN_GATE, **kw)
     row["ethos_u"] = {"accuracy": e.check.int_accuracy, "agreement": e.check.agreement, "drop_points": e.check.drop,
                       "sqnr_db": e.check.sqnr_db, "default_gate_passes": _gate_passes(e.check),
                       "pte_bytes": e.file_bytes, "vela": e.vela.to_dict(), "vela_latency_s": e.vela_latency_s,

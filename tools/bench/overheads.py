@@ -47,7 +47,8 @@ def measure(name: str, profile, budget: str, batch: int, steps: int, repeats: in
     pruner.finalize()
     finalize_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        export_s = median_seconds(lambda: export_onnx(model, Path(tmp) / "m.onnx", (ex,)), repeats, warmup=0)
+        export_s = median_seconds(lambda: export_onnx(model, Path(tmp) / "m.onnx", (ex,), precision="fp32"),
+                                  repeats, warmup=0)
     return {"model": name, "batch": batch, "units": units, "plain_step_s": plain_s,
             "smart_step_s": smart_s, "step_ratio": smart_s / plain_s, "graph_build_s": build["ours_s"],
             "tp_graph_build_s": build["tp_s"], "estimate_s": estimate_s,

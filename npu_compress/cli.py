@@ -24,14 +24,38 @@ EXIT_BAD_INPUT = 2
 DEMO_MODEL = "digits-cnn"
 
 
+def _cmd_calibrate_vela(args: argparse.Namespace) -> int:
+    from .hardware.calibrate_vela import calibrate_vela, with_efficiency
+    from .hardware.profile import profile_from_dict, profile_path
+    from .hardware.profile import tomllib
+    from .io import write_atomic
+
+    source = profile_path(args.vela)
+    base = load_profile(source)
+    progress = (lambda i, n, label: logging.getLogger(__name__).info("[%d/%d] %s", i + 1, n, label))
+    profile, report = calibrate_vela(base, quick=args.quick, progress=progress)
+    text = with_efficiency(source.read_text(encoding="utf-8"), report)
+    if profile_from_dict(tomllib.loads(text), where=str(args.output)) != profile:  # checked before it is written
+        raise NpuCompressError(f"{args.output}: the fitted profile does not read back equal; please report this")
+    write_atomic(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    if args.json:
+        payload = json.dumps(report.to_dict(), indent=2)
+        write_atomic(args.json, lambda tmp: tmp.write_text(payload, encoding="utf-8"))
+    print(report.table())
+    print(f"wrote {args.output}")
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .hardware.calibrate import calibrate_ort_cpu, profile_toml
     from .io import write_atomic
 
-    if args.provider != "cpu":
-        raise NpuCompressError(f"'profiles calibrate' supports --provider cpu only (got '{args.provider}')")
     if not args.output:
         raise NpuCompressError("'profiles calibrate' needs -o/--output, e.g. -o hw_profiles/ort-cpu.toml")
+    if args.vela:
+        return _cmd_calibrate_vela(args)
+    if args.provider != "cpu":
+        raise NpuCompressError(f"'profiles calibrate' supports --provider cpu only (got '{args.provider}')")
     if args.threads < 1:
         raise NpuCompressError(f"--threads must be >= 1 (got {args.threads})")
     progress = (lambda i, n, label: logging.getLogger(__name__).info("[%d/%d] %s", i + 1, n, label))
@@ -207,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("action", nargs="?", choices=["list", "show", "calibrate"], default="list")
     sp.add_argument("name", nargs="?", help="profile name or path to a .toml (for 'show')")
     sp.add_argument("--provider", default="cpu", help="calibrate: onnxruntime provider to time (only 'cpu')")
+    sp.add_argument("--vela", metavar="PROFILE", help="calibrate: fit this Ethos-U profile's [efficiency] to Arm "
+                    "Vela's cycle estimates (needs the ethos-u extra), e.g. --vela ethos-u55-128")
     sp.add_argument("-o", "--output", help="calibrate: profile TOML to write (atomically)")
     sp.add_argument("--threads", type=int, default=1, help="calibrate: onnxruntime intra-op threads (default 1)")
     sp.add_argument("--quick", action="store_true", help="calibrate: reduced grid (seconds, noisier)")

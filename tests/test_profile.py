@@ -20,7 +20,7 @@ def test_required_profiles_ship():
 @pytest.mark.parametrize("name", sorted(REQUIRED))
 def test_profile_loads_and_round_trips(name, tmp_path):
     p = load_profile(name)
-    assert p.name == name and p.schema_version == 1
+    assert p.name == name and p.schema_version == 2
     assert p.compute.macs_per_cycle > 0 and p.compute.clock_hz > 0
     assert p.tiling.tile_out > 0 and p.tiling.tile_in > 0 and len(p.tiling.block) == 2
     assert isinstance(p.compute.dtype, DType)
@@ -133,3 +133,43 @@ def test_toolchain_section_is_optional_and_validated(tmp_path):
     data["toolchain"] = {"vela_accelerator": "ethos-u55-64", "compiler": "x"}
     with pytest.raises(ProfileError, match="unknown key 'toolchain.compiler'"):
         load_profile(_write(tmp_path, data))
+
+
+def test_version_1_files_migrate_to_the_same_costs(tmp_path):
+    import torch
+
+    from npu_compress import estimate, models
+
+    text = (profile_dir() / "ethos-u55-128.toml").read_text()
+    v1 = text.replace("schema_version = 2", "schema_version = 1")
+    v1 = v1[:v1.index("[toolchain]")]  # version 1 had no [toolchain] / [efficiency]
+    path = tmp_path / "ethos-u55-128.toml"
+    path.write_text(v1)
+    old = load_profile(path)
+    assert old.schema_version == 2 and old.efficiency == load_profile("generic-4tops").efficiency
+    x = torch.zeros(1, 3, 32, 32)
+    model = models.create("resnet20")
+    # v1 semantics are the peak-rate model; the shipped v2 profile's costs differ only by its [efficiency]
+    from dataclasses import replace
+    shipped = load_profile("ethos-u55-128")
+    assert estimate(model, x, old).latency_s == estimate(model, x, replace(shipped, efficiency=old.efficiency,
+                                                                            toolchain=old.toolchain)).latency_s
+    path.write_text(v1 + "\n[efficiency]\nconv_compute_scale = 1.2\n")
+    with pytest.raises(ProfileError, match="schema_version 1 profile cannot have"):
+        load_profile(path)
+
+
+def test_efficiency_section_is_validated_and_round_trips(tmp_path):
+    data = _base()
+    data["efficiency"] = {"conv_compute_scale": 1.4, "conv_elem_cycles": 0.5, "depthwise_overhead_cycles": 100}
+    p = load_profile(_write(tmp_path, data))
+    assert p.efficiency.of("conv").compute_scale == 1.4 and p.efficiency.of("depthwise").overhead_cycles == 100
+    assert p.efficiency.of("pool").compute_scale == 1.0 and p.efficiency.of("pool").overhead_cycles is None
+    import tomllib
+    assert profile_from_dict(tomllib.loads(p.to_toml())) == p
+    for key, value, message in (("conv_speed", 1.0, "unknown key 'efficiency.conv_speed'"),
+                                ("conv_compute_scale", 0, "must be > 0"),
+                                ("pool_elem_cycles", -1.0, "must be >= 0")):
+        data["efficiency"] = {key: value}
+        with pytest.raises(ProfileError, match=message):
+            load_profile(_write(tmp_path, data))

@@ -160,6 +160,14 @@ def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path
                         job.profile.compute.clock_hz, check, calibrated_on, outside)
 
 
+def vela_estimate(model: nn.Module, example: torch.Tensor, tool, samples: int = 4) -> VelaReport:
+    """Vela's report for ``model`` (eval) compiled for ``tool`` (a profile's ``[toolchain]``), calibrated on
+    ``samples`` random inputs: cycles depend on shapes, not values (Vela's weight compression aside)."""
+    require_executorch()
+    quantized, _ = _quantize(model.eval(), example, tool, None, Calibration(samples=samples), quiet=True)
+    return _lower(quantized, example, tool)[1]
+
+
 def _compile_spec(tool, intermediates: str | None = None):
     from executorch.backends.arm.ethosu import EthosUCompileSpec
 
@@ -171,7 +179,7 @@ def _compile_spec(tool, intermediates: str | None = None):
 
 
 def _quantize(model: nn.Module, example: torch.Tensor, tool, data: Dataset | None,
-              calibration: Calibration) -> tuple[torch.fx.GraphModule, str]:
+              calibration: Calibration, quiet: bool = False) -> tuple[torch.fx.GraphModule, str]:
     """PT2E with the Ethos-U quantizer (int8, per-channel weights), calibrated one sample at a time."""
     from executorch.backends.arm.quantizer import EthosUQuantizer, get_symmetric_quantization_config
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
@@ -186,7 +194,8 @@ def _quantize(model: nn.Module, example: torch.Tensor, tool, data: Dataset | Non
             x = data.x_train[:calibration.samples]
             where = f"training split of '{data.name}' ({len(x)} samples, Ethos-U quantizer min/max observers)"
         else:
-            log.warning("Ethos-U export without data: calibrating on random inputs; pass data (--data)")
+            if not quiet:
+                log.warning("Ethos-U export without data: calibrating on random inputs; pass data (--data)")
             x = random_inputs(example, calibration.samples, 1)
             where = f"random inputs ({len(x)} samples): no data given"
         with torch.no_grad():

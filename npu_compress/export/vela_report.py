@@ -28,8 +28,9 @@ class VelaOperator:
     name: str  # the TOSA tensor Vela names the operator by
     original: str  # operator type before Vela's rewrites (Conv2D, DepthwiseConv2D, ...)
     target: str  # "NPU" or "CPU"
-    cycles: int
+    cycles: int  # Vela's op cycles: the larger of compute and each memory's access cycles
     macs: int
+    npu_cycles: int = 0  # the compute part alone (column "NPU")
 
 
 @dataclass(frozen=True)
@@ -62,7 +63,7 @@ class VelaReport:
                 "encoded_weight_bytes": self.encoded_weight_bytes, "original_weight_bytes": self.original_weight_bytes,
                 "cpu_operators": self.cpu_operators,
                 "operators": [{"name": o.name, "original": o.original, "target": o.target, "cycles": o.cycles,
-                               "macs": o.macs} for o in self.operators]}
+                               "npu_cycles": o.npu_cycles, "macs": o.macs} for o in self.operators]}
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -89,7 +90,8 @@ def read_vela_output(folder: Path) -> VelaReport:
         raise VelaOutputError(f"{summaries[0]}: empty summary")
     s = summary_rows[0]
     operators = tuple(VelaOperator(r.get("Name", ""), r.get("Original Operator", ""), r.get("Target", ""),
-                                   _int(r, "Op Cycles", layers[0]), _int(r, "MAC Count", layers[0]))
+                                   _int(r, "Op Cycles", layers[0]), _int(r, "MAC Count", layers[0]),
+                                   _int(r, "NPU", layers[0]) if r.get("NPU") else 0)
                       for r in _rows(layers[0]))
     if not operators:
         raise VelaOutputError(f"{layers[0]}: Vela reported no operators")

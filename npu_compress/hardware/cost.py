@@ -10,6 +10,11 @@ Per layer, channels padded to the profile's tiles::
 
 A layer's activations spill when its input plus output activations exceed ``sram_bytes``.
 Depthwise convs pad only the output channels (one input channel per output).
+A profile's optional ``[efficiency]`` refines ``t_compute`` and the overhead per op class
+(conv, depthwise, grouped, matmul, elementwise, pool, norm), as fitted to the chip's compiler::
+
+    t_compute = compute_scale * t_compute + elem_cycles * output_elements / clock_hz
+    latency   = max(t_compute, t_memory) + overhead_cycles / clock_hz
 Fused layers (see :mod:`.layers`) cost nothing.
 
 Example::
@@ -165,6 +170,15 @@ def _compute_fraction(profile: HardwareProfile, fmt: WeightFormat) -> float:
     return 1.0
 
 
+def op_class(spec: LayerSpec) -> str:
+    """The profile's ``[efficiency]`` class of a layer (see :data:`OP_CLASSES`)."""
+    if spec.kind == OpKind.CONV:
+        return "depthwise" if spec.depthwise else "grouped" if spec.groups > 1 else "conv"
+    if spec.kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.ATTENTION):
+        return "matmul"
+    return {OpKind.POOL: "pool", OpKind.NORM: "norm"}.get(spec.kind, "elementwise")
+
+
 def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DENSE) -> LayerCost:
     """Cost of one layer. Call with ``spec.resized(c_in=..., c_out=...)`` for a pruned layer."""
     clock = profile.compute.clock_hz
@@ -183,8 +197,11 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     else:
         elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
+    eff = profile.efficiency.of(op_class(spec))
+    t_compute = eff.compute_scale * t_compute + eff.elem_cycles * spec.out_elems / clock
+    overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
-    latency = max(t_compute, t_memory) + profile.overhead.layer_cycles / clock
+    latency = max(t_compute, t_memory) + overhead / clock
     return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
                      spilled, t_compute, t_memory, latency, "compute" if t_compute >= t_memory else "memory")
 

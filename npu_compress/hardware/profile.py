@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -25,7 +26,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 
 from ..errors import ProfileError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: optional [efficiency] and [toolchain]; version-1 files load through _migrate_v1
 DEFAULT_PROFILE = "generic-4tops"
 
 
@@ -83,6 +84,43 @@ class Overhead:
     layer_cycles: int  # fixed cycles per executed layer (command setup, DMA start)
 
 
+OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "pool", "norm")
+
+
+@dataclass(frozen=True)
+class ClassEfficiency:
+    """How one op class runs, beyond the peak-rate model (optional keys of ``[efficiency]``)::
+
+        cycles = compute_scale * ideal_cycles + elem_cycles * output_elements + overhead_cycles
+
+    ``ideal_cycles``: tile-padded MACs / macs_per_cycle (MAC-array classes) or vector passes /
+    vector_ops_per_cycle (the others). ``overhead_cycles`` None: ``[overhead] layer_cycles``."""
+
+    compute_scale: float = 1.0
+    elem_cycles: float = 0.0
+    overhead_cycles: float | None = None
+
+
+@dataclass(frozen=True)
+class Efficiency:
+    """Per op class efficiency: ``[efficiency]`` keys ``<class>_compute_scale``, ``<class>_elem_cycles``,
+    ``<class>_overhead_cycles`` for class in :data:`OP_CLASSES`; absent keys keep the peak-rate model."""
+
+    classes: tuple[tuple[str, ClassEfficiency], ...] = ()
+
+    def of(self, op_class: str) -> ClassEfficiency:
+        return dict(self.classes).get(op_class, ClassEfficiency())
+
+    def flat(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, eff in self.classes:
+            for key in ("compute_scale", "elem_cycles", "overhead_cycles"):
+                value = getattr(eff, key)
+                if value is not None and value != getattr(ClassEfficiency(), key):
+                    out[f"{name}_{key}"] = value
+        return out
+
+
 @dataclass(frozen=True)
 class Toolchain:
     """The chip vendor's compiler that a ``--target`` export drives (optional section ``[toolchain]``)."""
@@ -111,6 +149,7 @@ class HardwareProfile:
     sparsity: Sparsity
     overhead: Overhead
     toolchain: Toolchain = Toolchain()
+    efficiency: Efficiency = Efficiency()
 
     @property
     def peak_macs_per_s(self) -> float:
@@ -127,8 +166,11 @@ class HardwareProfile:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, Toolchain) and v == Toolchain():
-                continue  # the optional section, absent
+            if isinstance(v, (Toolchain, Efficiency)) and v == type(v)():
+                continue  # an optional section, absent
+            if isinstance(v, Efficiency):
+                out[f.name] = v.flat()
+                continue
             if dataclasses.is_dataclass(v):
                 out[f.name] = {g.name: conv(getattr(v, g.name)) for g in fields(v)}
             else:
@@ -163,9 +205,9 @@ def _toml_value(v: Any) -> str:
 
 _SECTIONS: dict[str, type] = {
     "compute": Compute, "tiling": Tiling, "memory": Memory, "sparsity": Sparsity, "overhead": Overhead,
-    "toolchain": Toolchain,
+    "toolchain": Toolchain, "efficiency": Efficiency,
 }
-_OPTIONAL_SECTIONS = ("toolchain",)
+_OPTIONAL_SECTIONS = ("toolchain", "efficiency")
 _TOP = ("schema_version", "name", "description", "source")
 
 
@@ -179,10 +221,28 @@ def _check_number(where: str, key: str, v: Any, kind: type, positive: bool = Tru
     return v
 
 
+def _parse_efficiency(where: str, body: dict[str, Any]) -> Efficiency:
+    keys = {f"{c}_{k}": (c, k) for c in OP_CLASSES for k in ("compute_scale", "elem_cycles", "overhead_cycles")}
+    unknown = sorted(set(body) - set(keys))
+    if unknown:
+        raise ProfileError(f"{where}: unknown key 'efficiency.{unknown[0]}'; allowed: <class>_compute_scale, "
+                           f"<class>_elem_cycles, <class>_overhead_cycles for class in {', '.join(OP_CLASSES)}")
+    per_class: dict[str, dict[str, float]] = {}
+    for key, v in body.items():
+        op_class, field_name = keys[key]
+        number = float(_check_number(where, f"efficiency.{key}", v, float, positive=field_name == "compute_scale"))
+        if not math.isfinite(number):
+            raise ProfileError(f"{where}: key 'efficiency.{key}' must be finite, got {v!r}")
+        per_class.setdefault(op_class, {})[field_name] = number
+    return Efficiency(tuple((c, ClassEfficiency(**per_class[c])) for c in OP_CLASSES if c in per_class))
+
+
 def _parse_section(where: str, name: str, body: Any) -> Any:
     cls = _SECTIONS[name]
     if not isinstance(body, dict):
         raise ProfileError(f"{where}: '{name}' must be a table [{name}], got {type(body).__name__}")
+    if cls is Efficiency:
+        return _parse_efficiency(where, body)
     known = {f.name: f for f in fields(cls)}
     unknown = sorted(set(body) - set(known))
     if unknown:
@@ -245,14 +305,24 @@ def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwarePr
     for key in _TOP + tuple(_SECTIONS):
         if key not in data and key not in _OPTIONAL_SECTIONS:
             raise ProfileError(f"{where}: missing key '{key}'")
+    if data["schema_version"] == 1:
+        data = _migrate_v1(data, where)
     if data["schema_version"] != SCHEMA_VERSION:
-        raise ProfileError(
-            f"{where}: key 'schema_version' = {data['schema_version']!r}; this version of npu_compress reads {SCHEMA_VERSION}")
+        raise ProfileError(f"{where}: key 'schema_version' = {data['schema_version']!r}; this version of npu_compress "
+                           f"reads {SCHEMA_VERSION} (and migrates 1)")
     for key in ("name", "description", "source"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise ProfileError(f"{where}: key '{key}' must be a non-empty string, got {data[key]!r}")
     sections = {name: _parse_section(where, name, data[name]) for name in _SECTIONS if name in data}
     return HardwareProfile(SCHEMA_VERSION, data["name"], data["description"], data["source"], **sections)
+
+
+def _migrate_v1(data: dict[str, Any], where: str) -> dict[str, Any]:
+    """Version 1 -> 2: v1 had no [efficiency] or [toolchain]; as written it has no such sections, so its
+    costs are the same under v2 (the peak-rate model, ``[overhead] layer_cycles`` for every op)."""
+    if "efficiency" in data:
+        raise ProfileError(f"{where}: a schema_version 1 profile cannot have [efficiency] (added in version 2)")
+    return {**data, "schema_version": 2}
 
 
 # ---------------------------------------------------------------- loading
@@ -273,10 +343,8 @@ def list_profiles() -> list[str]:
     return sorted(p.stem for p in profile_dir().glob("*.toml"))
 
 
-def load_profile(name_or_path: str | Path | HardwareProfile = DEFAULT_PROFILE) -> HardwareProfile:
-    """Load a shipped profile by name (``"ethos-u55-256"``) or any profile TOML by path."""
-    if isinstance(name_or_path, HardwareProfile):
-        return name_or_path
+def profile_path(name_or_path: str | Path) -> Path:
+    """The TOML file of a shipped profile name (``"ethos-u55-256"``), or the path itself."""
     text = str(name_or_path)
     path = Path(text)
     if not (text.endswith(".toml") or path.is_file()):
@@ -284,6 +352,14 @@ def load_profile(name_or_path: str | Path | HardwareProfile = DEFAULT_PROFILE) -
         if not path.is_file():
             raise ProfileError(f"unknown profile '{text}'; shipped profiles: {', '.join(list_profiles())} "
                                "(or give a path to a .toml file)")
+    return path
+
+
+def load_profile(name_or_path: str | Path | HardwareProfile = DEFAULT_PROFILE) -> HardwareProfile:
+    """Load a shipped profile by name (``"ethos-u55-256"``) or any profile TOML by path."""
+    if isinstance(name_or_path, HardwareProfile):
+        return name_or_path
+    path = profile_path(name_or_path)
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

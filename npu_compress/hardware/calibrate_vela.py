@@ -1,0 +1,272 @@
+"""Fit an Ethos-U profile's ``[efficiency]`` to Arm Vela's own per-operator cycle estimates.
+
+Vela (``ethos-u-vela``, the Ethos-U compiler) estimates the cycles of every operator it schedules.
+Small single-operator probes (convs, depthwise convs, fully connected, residual adds, pooling, over
+a grid of channel counts and spatial sizes) are quantized and compiled through the same ExecuTorch
+path ``export --target ethos-u`` uses; each Vela operator is paired with the layer our cost model
+prices (in order, skipping the layout transposes ExecuTorch adds at the program's edges), and per
+op class a non-negative least-squares fit of Vela's *compute* cycles (column ``NPU``)::
+
+    vela_npu_cycles ~ compute_scale * ideal_cycles + elem_cycles * output_elements + overhead_cycles
+
+gives the class's efficiency (``ideal_cycles``: tile-padded MACs / macs_per_cycle, or vector passes /
+vector_ops_per_cycle). Memory stays as the profile states it (flash bandwidth and SRAM from Vela's
+own system configuration). Vela is the vendor's estimator, not silicon: the profile says so.
+
+    profile, report = calibrate_vela(load_profile("ethos-u55-128"))
+    print(report.table())
+"""
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from .calibrate import mape
+from .cost import layer_cost, op_class, trace_layers
+from .profile import OP_CLASSES, ClassEfficiency, Efficiency, HardwareProfile
+
+log = logging.getLogger(__name__)
+Progress = Callable[[int, int, str], None]
+_EDGE_OPS = ("Transpose",)  # layout changes ExecuTorch inserts at the program's inputs / outputs
+
+
+class _Conv(nn.Module):
+    def __init__(self, c_in: int, c_out: int, k: int, groups: int = 1):
+        super().__init__()
+        self.conv = nn.Conv2d(c_in, c_out, k, padding=k // 2, groups=groups)
+
+    def forward(self, x):  # (1, C, H, W)
+        return torch.relu(self.conv(x))
+
+
+class _Residual(nn.Module):
+    """conv -> relu, plus the input: the residual add of a ResNet block."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x)) + x
+
+
+class _Pooled(nn.Module):
+    def __init__(self, c: int, pool: str):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 1)
+        self.pool = nn.MaxPool2d(2) if pool == "max" else nn.AdaptiveAvgPool2d(1)
+
+    def forward(self, x):
+        return self.pool(torch.relu(self.conv(x)))
+
+
+class _Linear(nn.Module):
+    def __init__(self, n_in: int, n_out: int):
+        super().__init__()
+        self.fc = nn.Linear(n_in, n_out)
+
+    def forward(self, x):  # (1, n_in)
+        return self.fc(x)
+
+
+@dataclass(frozen=True)
+class Probe:
+    label: str
+    build: Callable[[], nn.Module]
+    input_shape: tuple[int, ...]
+
+
+def probes(quick: bool = False) -> list[Probe]:
+    """The calibration grid: every op class the Ethos-U profiles price, over channels and sizes."""
+    chans = (8, 16, 32, 64) if quick else (8, 16, 32, 64, 128)
+    sizes = (8, 16) if quick else (8, 16, 32)
+    out: list[Probe] = []
+    for c, hw in itertools.product(chans, sizes):
+        out.append(Probe(f"conv3x3 {c}->{c} @{hw}", lambda c=c: _Conv(c, c, 3), (1, c, hw, hw)))
+        out.append(Probe(f"dwconv3x3 {c} @{hw}", lambda c=c: _Conv(c, c, 3, groups=c), (1, c, hw, hw)))
+        out.append(Probe(f"residual 1x1 {c} @{hw}", lambda c=c: _Residual(c), (1, c, hw, hw)))
+    for c, hw in itertools.product(chans, sizes):
+        out.append(Probe(f"conv1x1 {c}->{2 * c} @{hw}", lambda c=c: _Conv(c, 2 * c, 1), (1, c, hw, hw)))
+        out.append(Probe(f"maxpool {c} @{hw}", lambda c=c: _Pooled(c, "max"), (1, c, hw, hw)))
+        out.append(Probe(f"avgpool {c} @{hw}", lambda c=c: _Pooled(c, "avg"), (1, c, hw, hw)))
+    for c_in, c_out in ((3, 16), (3, 32), (16, 64), (64, 16)):
+        out.append(Probe(f"conv3x3 {c_in}->{c_out} @32", lambda a=c_in, b=c_out: _Conv(a, b, 3), (1, c_in, 32, 32)))
+    for n_in, n_out in ((64, 10), (128, 128), (256, 64), (512, 256)):
+        out.append(Probe(f"linear {n_in}->{n_out}", lambda a=n_in, b=n_out: _Linear(a, b), (1, n_in)))
+    return out
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One Vela operator paired with the layer we price."""
+
+    probe: str
+    op_class: str
+    vela_op: str
+    ideal_cycles: float
+    out_elems: int
+    vela_npu_cycles: int
+    vela_cycles: int
+
+
+@dataclass
+class ClassFit:
+    op_class: str
+    efficiency: ClassEfficiency
+    samples: int
+    mape_before: float  # peak-rate model vs Vela's compute cycles, percent
+    mape_after: float
+
+
+@dataclass
+class VelaCalibration:
+    accelerator: str
+    vela_version: str
+    samples: list[Sample]
+    fits: list[ClassFit]
+    skipped: list[str] = field(default_factory=list)  # probes whose operators could not be paired
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accelerator": self.accelerator, "vela_version": self.vela_version,
+                "samples": [dataclasses.asdict(s) for s in self.samples],
+                "fits": [{**dataclasses.asdict(f)} for f in self.fits], "skipped": self.skipped}
+
+    def table(self) -> str:
+        rows = [f"Vela {self.vela_version} on {self.accelerator}: {len(self.samples)} operators",
+                f"{'class':<12}{'n':>4}{'compute_scale':>15}{'elem_cycles':>13}{'overhead':>10}"
+                f"{'MAPE before':>13}{'after':>8}"]
+        for f in self.fits:
+            e = f.efficiency
+            rows.append(f"{f.op_class:<12}{f.samples:>4}{e.compute_scale:>15.3f}{e.elem_cycles:>13.3f}"
+                        f"{e.overhead_cycles or 0:>10.0f}{f.mape_before:>12.1f}%{f.mape_after:>7.1f}%")
+        if self.skipped:
+            rows.append("skipped: " + "; ".join(self.skipped))
+        return "\n".join(rows)
+
+
+def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
+    """Our costed layers and Vela's operators, in order; [] when they do not pair up one to one."""
+    model = probe.build().eval()
+    layers = [s for s in trace_layers(model, (torch.zeros(probe.input_shape),)) if not s.fused]
+    vela = [o for o in operators if o.original not in _EDGE_OPS and o.cycles > 0]
+    if len(layers) != len(vela):
+        return []
+    clock = profile.compute.clock_hz
+    out = []
+    for spec, op in zip(layers, vela):
+        ideal = layer_cost(spec, dataclasses.replace(profile, efficiency=Efficiency())).t_compute_s * clock
+        out.append(Sample(probe.label, op_class(spec), op.original, ideal, spec.out_elems, op.npu_cycles, op.cycles))
+    return out
+
+
+def _nnls3(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Least squares of y on the columns of x (n, 3) with non-negative coefficients, column 0 always in,
+    by trying the four column subsets that contain it (exact for three columns). Relative residuals:
+    every operator counts alike, small or large."""
+    w = 1.0 / np.maximum(y, 1.0)
+    best, best_err = np.array([float(np.sum(x[:, 0] * y * w * w) / np.sum((x[:, 0] * w) ** 2)), 0.0, 0.0]), math.inf
+    for cols in ((0,), (0, 1), (0, 2), (0, 1, 2)):
+        coef, *_ = np.linalg.lstsq(x[:, cols] * w[:, None], y * w, rcond=None)
+        if (coef < 0).any():
+            continue
+        full = np.zeros(3)
+        full[list(cols)] = coef
+        err = float(np.sum(((x @ full - y) * w) ** 2))
+        if err < best_err:
+            best, best_err = full, err
+    return best
+
+
+def fit(samples: list[Sample], profile: HardwareProfile) -> list[ClassFit]:
+    """Per op class: efficiency from the paired samples (classes without samples keep the peak-rate model)."""
+    fits = []
+    base_overhead = profile.overhead.layer_cycles
+    for c in OP_CLASSES:
+        rows = [s for s in samples if s.op_class == c]
+        if len(rows) < 3:
+            continue
+        x = np.array([[s.ideal_cycles, s.out_elems, 1.0] for s in rows])
+        y = np.array([float(s.vela_npu_cycles) for s in rows])
+        coef = _nnls3(x, y)
+        coef = [float(f"{max(float(v), 0.0):.4g}") for v in coef]  # what the TOML holds, so it reads back equal
+        eff = ClassEfficiency(max(coef[0], 1e-3), coef[1], coef[2])
+        before = x[:, 0] + base_overhead
+        fits.append(ClassFit(c, eff, len(rows), mape(before, y), mape(x @ np.array(coef), y)))
+    return fits
+
+
+def calibrate_vela(profile: HardwareProfile, quick: bool = False, progress: Progress | None = None,
+                   grid: list[Probe] | None = None) -> tuple[HardwareProfile, VelaCalibration]:
+    """Compile the probe grid (default :func:`probes`) with Vela for ``profile``'s ``[toolchain]``, fit
+    ``[efficiency]``."""
+    from importlib.metadata import version
+
+    from ..errors import NpuCompressError
+    from ..export.ethos_u import EthosUError, vela_estimate
+
+    tool = profile.toolchain
+    if not tool.vela_accelerator:
+        raise NpuCompressError(f"profile '{profile.name}' names no Ethos-U accelerator ([toolchain] vela_accelerator)")
+    grid = grid if grid is not None else probes(quick)
+    samples: list[Sample] = []
+    skipped: list[str] = []
+    for i, probe in enumerate(grid):
+        if progress:
+            progress(i, len(grid), probe.label)
+        try:
+            report = vela_estimate(probe.build(), torch.zeros(probe.input_shape), tool)
+        except EthosUError as e:
+            skipped.append(f"{probe.label}: {e}")
+            continue
+        paired = _pair(probe, profile, report.operators)
+        if not paired:
+            skipped.append(f"{probe.label}: Vela operators "
+                           f"{[o.original for o in report.operators if o.original not in _EDGE_OPS]} do not pair "
+                           "with our layers")
+        samples += paired
+    fits = fit(samples, profile)
+    efficiency = Efficiency(tuple((f.op_class, f.efficiency) for f in fits))
+    calibration = VelaCalibration(tool.vela_accelerator, version("ethos-u-vela"), samples, fits, skipped)
+    return dataclasses.replace(profile, efficiency=efficiency), calibration
+
+
+def efficiency_toml(calibration: VelaCalibration) -> str:
+    """The ``[efficiency]`` section, every number with its provenance."""
+    lines = ["[efficiency]",
+             f"# measured: Vela {calibration.vela_version} (ethos-u-vela), per-operator NPU cycles of "
+             f"{len(calibration.samples)} single-operator probes compiled for {calibration.accelerator} through "
+             "ExecuTorch's Arm backend ('npu-compress profiles calibrate --vela'); Vela is Arm's estimator, "
+             "not silicon"]
+    for f in calibration.fits:
+        src = (f"# measured: Vela {calibration.vela_version}, {f.samples} {f.op_class} operators; MAPE vs Vela "
+               f"{f.mape_before:.1f}% -> {f.mape_after:.1f}%")
+        e = f.efficiency
+        lines += [f"{f.op_class}_compute_scale = {e.compute_scale:.4g}    {src}",
+                  f"{f.op_class}_elem_cycles = {e.elem_cycles:.4g}    {src}",
+                  f"{f.op_class}_overhead_cycles = {e.overhead_cycles:.4g}    {src}"]
+    return "\n".join(lines) + "\n"
+
+
+def with_efficiency(profile_text: str, calibration: VelaCalibration) -> str:
+    """The profile's TOML text with its ``[efficiency]`` section replaced by the fitted one (the rest,
+    comments and sources included, as it was)."""
+    kept, skipping = [], False
+    for line in profile_text.splitlines():
+        if line.strip().startswith("["):
+            skipping = line.strip() == "[efficiency]"
+        if not skipping:
+            kept.append(line)
+    return "\n".join(kept).rstrip() + "\n\n" + efficiency_toml(calibration)
+
+
+__all__ = ["Probe", "Sample", "VelaCalibration", "calibrate_vela", "efficiency_toml", "fit", "probes",
+           "with_efficiency"]

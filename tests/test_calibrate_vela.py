@@ -1,0 +1,57 @@
+"""Vela calibration: real Vela compiles of real probes, paired with our layers, fitted per op class."""
+from __future__ import annotations
+
+import tomllib
+
+import numpy as np
+import pytest
+
+from npu_compress.cli import main
+from npu_compress.hardware import load_profile
+from npu_compress.hardware.calibrate_vela import (Sample, calibrate_vela, efficiency_toml, fit, probes,
+                                                  with_efficiency)
+from npu_compress.hardware.profile import profile_dir, profile_from_dict
+
+from test_ethos_u import needs_extra
+
+
+def test_fit_recovers_known_efficiency():
+    """Samples generated from known coefficients: the per-class fit returns them."""
+    profile = load_profile("ethos-u55-128")
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        ideal, elems = float(rng.uniform(1e3, 1e5)), int(rng.integers(500, 50_000))
+        samples.append(Sample(f"p{i}", "conv", "Conv2D", ideal, elems, round(1.4 * ideal + 0.5 * elems + 300), 0))
+    (f,) = fit(samples, profile)
+    assert f.op_class == "conv" and f.samples == 12
+    assert f.efficiency.compute_scale == pytest.approx(1.4, rel=1e-3)
+    assert f.efficiency.elem_cycles == pytest.approx(0.5, rel=1e-2)
+    assert f.efficiency.overhead_cycles == pytest.approx(300, abs=5)
+    assert f.mape_after < 0.1 < f.mape_before
+
+
+@needs_extra
+def test_calibration_on_real_vela_pairs_ops_and_reduces_error(tmp_path):
+    profile = load_profile("ethos-u55-128")
+    grid = [p for p in probes(quick=True) if p.label.split()[0] in ("conv3x3", "dwconv3x3", "residual")
+            and p.label.endswith(("@8", "@16")) and any(f" {c}" in p.label for c in ("8", "16", "32"))][:9]
+    fitted, report = calibrate_vela(profile, grid=grid)
+    classes = {s.op_class for s in report.samples}
+    assert {"conv", "depthwise"} <= classes and not report.skipped
+    assert all(s.vela_npu_cycles > 0 and s.ideal_cycles > 0 for s in report.samples)
+    by_class = {f.op_class: f for f in report.fits}
+    assert by_class["conv"].mape_after < by_class["conv"].mape_before
+    assert fitted.efficiency.of("conv").compute_scale == by_class["conv"].efficiency.compute_scale
+    # the written section keeps the rest of the profile and reads back equal, with provenance
+    text = with_efficiency((profile_dir() / "ethos-u55-128.toml").read_text(), report)
+    assert "measured: Vela" in text and "[toolchain]" in text
+    assert profile_from_dict(tomllib.loads(text)) == fitted
+    assert efficiency_toml(report).count("measured: Vela") == 1 + 3 * len(report.fits)
+
+
+def test_cli_calibrate_vela_needs_an_ethos_profile(tmp_path, capsys):
+    code = main(["profiles", "calibrate", "--vela", "generic-4tops", "-o", str(tmp_path / "x.toml")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "names no Ethos-U accelerator" in err[0]
+    assert not (tmp_path / "x.toml").exists()

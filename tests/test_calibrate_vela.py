@@ -22,13 +22,13 @@ def test_fit_recovers_known_efficiency():
     samples = []
     for i in range(12):
         ideal, elems = float(rng.uniform(1e3, 1e5)), int(rng.integers(500, 50_000))
-        samples.append(Sample(f"p{i}", "conv", "Conv2D", ideal, elems, round(1.4 * ideal + 0.5 * elems + 300), 0))
+        samples.append(Sample(f"p{i}", "conv", "Conv2D", ideal, elems, round(max(1.4 * ideal, 1.5 * elems) + 300), 0))
     (f,) = fit(samples, profile)
     assert f.op_class == "conv" and f.samples == 12
-    assert f.efficiency.compute_scale == pytest.approx(1.4, rel=1e-3)
-    assert f.efficiency.elem_cycles == pytest.approx(0.5, rel=1e-2)
-    assert f.efficiency.overhead_cycles == pytest.approx(300, abs=5)
-    assert f.mape_after < 0.1 < f.mape_before
+    assert f.efficiency.compute_scale == pytest.approx(1.4, rel=5e-3)
+    assert f.efficiency.elem_cycles == pytest.approx(1.5, rel=1e-2)
+    assert f.efficiency.overhead_cycles == pytest.approx(300, rel=0.25)  # small next to the cycles: loosely pinned
+    assert f.mape_after < 0.5 < f.mape_before
 
 
 @needs_extra

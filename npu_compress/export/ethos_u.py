@@ -56,6 +56,8 @@ def require_executorch() -> None:
     for module in ("executorch", "ethosu", "tosa_serializer"):
         if importlib.util.find_spec(module) is None:
             raise EthosUError(f"--target ethos-u needs the optional extra: {INSTALL_HINT}; '{module}' is not installed")
+    # torchao's pytree registrations (at import) log deprecations through torch's own handler
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
 
 
 @dataclass

@@ -5,9 +5,10 @@ Small single-operator probes (convs, depthwise convs, fully connected, residual 
 a grid of channel counts and spatial sizes) are quantized and compiled through the same ExecuTorch
 path ``export --target ethos-u`` uses; each Vela operator is paired with the layer our cost model
 prices (in order, skipping the layout transposes ExecuTorch adds at the program's edges), and per
-op class a non-negative least-squares fit of Vela's *compute* cycles (column ``NPU``)::
+op class a least-squares fit (relative error, non-negative terms) of Vela's *compute* cycles
+(column ``NPU``) to the cost model's roofline::
 
-    vela_npu_cycles ~ compute_scale * ideal_cycles + elem_cycles * output_elements + overhead_cycles
+    vela_npu_cycles ~ max(compute_scale * ideal_cycles, elem_cycles * output_elements) + overhead_cycles
 
 gives the class's efficiency (``ideal_cycles``: tile-padded MACs / macs_per_cycle, or vector passes /
 vector_ops_per_cycle). Memory stays as the profile states it (flash bandwidth and SRAM from Vela's
@@ -168,22 +169,23 @@ def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
     return out
 
 
-def _nnls3(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Least squares of y on the columns of x (n, 3) with non-negative coefficients, column 0 always in,
-    by trying the four column subsets that contain it (exact for three columns). Relative residuals:
-    every operator counts alike, small or large."""
-    w = 1.0 / np.maximum(y, 1.0)
-    best, best_err = np.array([float(np.sum(x[:, 0] * y * w * w) / np.sum((x[:, 0] * w) ** 2)), 0.0, 0.0]), math.inf
-    for cols in ((0,), (0, 1), (0, 2), (0, 1, 2)):
-        coef, *_ = np.linalg.lstsq(x[:, cols] * w[:, None], y * w, rcond=None)
-        if (coef < 0).any():
-            continue
-        full = np.zeros(3)
-        full[list(cols)] = coef
-        err = float(np.sum(((x @ full - y) * w) ** 2))
-        if err < best_err:
-            best, best_err = full, err
-    return best
+def _fit_roofline(ideal: np.ndarray, elems: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """``y ~ max(a * ideal, b * elems) + c`` with a > 0, b >= 0, c >= 0, least squares on relative error
+    (every operator counts alike, small or large): a log grid over (a, b), c in closed form, then a
+    finer grid around the best."""
+    w2 = 1.0 / np.maximum(y, 1.0) ** 2
+
+    def best_on(a_grid: np.ndarray, b_grid: np.ndarray) -> tuple[float, float, float, float]:
+        p0 = np.maximum(a_grid[:, None, None] * ideal, b_grid[None, :, None] * elems)  # (A, B, n)
+        c = np.maximum(((y - p0) * w2).sum(axis=2) / w2.sum(), 0.0)  # (A, B)
+        err = (((p0 + c[..., None] - y) ** 2) * w2).sum(axis=2)
+        i, j = np.unravel_index(np.argmin(err), err.shape)
+        return float(a_grid[i]), float(b_grid[j]), float(c[i, j]), float(err[i, j])
+
+    a, b, c, _ = best_on(np.logspace(-2, 2, 161), np.concatenate([[0.0], np.logspace(-2, 1.5, 141)]))
+    fine = np.linspace(0.9, 1.1, 41)
+    a, b, c, _ = best_on(a * fine, b * fine if b > 0 else np.array([0.0]))
+    return a, b, c
 
 
 def fit(samples: list[Sample], profile: HardwareProfile) -> list[ClassFit]:
@@ -194,13 +196,13 @@ def fit(samples: list[Sample], profile: HardwareProfile) -> list[ClassFit]:
         rows = [s for s in samples if s.op_class == c]
         if len(rows) < 3:
             continue
-        x = np.array([[s.ideal_cycles, s.out_elems, 1.0] for s in rows])
+        ideal = np.array([s.ideal_cycles for s in rows])
+        elems = np.array([float(s.out_elems) for s in rows])
         y = np.array([float(s.vela_npu_cycles) for s in rows])
-        coef = _nnls3(x, y)
-        coef = [float(f"{max(float(v), 0.0):.4g}") for v in coef]  # what the TOML holds, so it reads back equal
-        eff = ClassEfficiency(max(coef[0], 1e-3), coef[1], coef[2])
-        before = x[:, 0] + base_overhead
-        fits.append(ClassFit(c, eff, len(rows), mape(before, y), mape(x @ np.array(coef), y)))
+        a, b, k = (float(f"{v:.4g}") for v in _fit_roofline(ideal, elems, y))  # as the TOML holds them
+        eff = ClassEfficiency(max(a, 1e-3), b, k)
+        after = np.maximum(eff.compute_scale * ideal, b * elems) + k
+        fits.append(ClassFit(c, eff, len(rows), mape(ideal + base_overhead, y), mape(after, y)))
     return fits
 
 

@@ -13,7 +13,7 @@ Depthwise convs pad only the output channels (one input channel per output).
 A profile's optional ``[efficiency]`` refines ``t_compute`` and the overhead per op class
 (conv, depthwise, grouped, matmul, elementwise, pool, norm), as fitted to the chip's compiler::
 
-    t_compute = compute_scale * t_compute + elem_cycles * output_elements / clock_hz
+    t_compute = max(compute_scale * t_compute, elem_cycles * output_elements / clock_hz)
     latency   = max(t_compute, t_memory) + overhead_cycles / clock_hz
 Fused layers (see :mod:`.layers`) cost nothing.
 
@@ -198,7 +198,7 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
         elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
     eff = profile.efficiency.of(op_class(spec))
-    t_compute = eff.compute_scale * t_compute + eff.elem_cycles * spec.out_elems / clock
+    t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * spec.out_elems / clock)
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
     latency = max(t_compute, t_memory) + overhead / clock

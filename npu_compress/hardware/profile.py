@@ -91,10 +91,13 @@ OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "pool", "
 class ClassEfficiency:
     """How one op class runs, beyond the peak-rate model (optional keys of ``[efficiency]``)::
 
-        cycles = compute_scale * ideal_cycles + elem_cycles * output_elements + overhead_cycles
+        cycles = max(compute_scale * ideal_cycles, elem_cycles * output_elements) + overhead_cycles
 
-    ``ideal_cycles``: tile-padded MACs / macs_per_cycle (MAC-array classes) or vector passes /
-    vector_ops_per_cycle (the others). ``overhead_cycles`` None: ``[overhead] layer_cycles``."""
+    a roofline between the compute array (``ideal_cycles``: tile-padded MACs / macs_per_cycle for
+    MAC-array classes, vector passes / vector_ops_per_cycle for the others) and the output side
+    (write-back and requantisation per output element: why a 1x1 conv on a large map costs about
+    one cycle per output on Ethos-U whatever its MACs). ``overhead_cycles`` None: ``[overhead]
+    layer_cycles``. Memory time is separate: ``latency = max(compute, memory) + overhead``."""
 
     compute_scale: float = 1.0
     elem_cycles: float = 0.0

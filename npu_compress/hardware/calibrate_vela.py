@@ -38,6 +38,7 @@ from .profile import OP_CLASSES, ClassEfficiency, Efficiency, HardwareProfile
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 _EDGE_OPS = ("Transpose",)  # layout changes ExecuTorch inserts at the program's inputs / outputs
+TILE_IN_CANDIDATES = (8, 16, 32)  # input-channel granules the compiler may charge (Ethos-U IFM blocks)
 
 
 class _Conv(nn.Module):
@@ -101,6 +102,11 @@ def probes(quick: bool = False) -> list[Probe]:
         out.append(Probe(f"avgpool {c} @{hw}", lambda c=c: _Pooled(c, "avg"), (1, c, hw, hw)))
     for c_in, c_out in ((3, 16), (3, 32), (16, 64), (64, 16)):
         out.append(Probe(f"conv3x3 {c_in}->{c_out} @32", lambda a=c_in, b=c_out: _Conv(a, b, 3), (1, c_in, 32, 32)))
+    for c in (24, 40, 48, 96):  # channel counts pruning produces: not powers of two
+        out.append(Probe(f"conv3x3 {c}->{c} @8", lambda c=c: _Conv(c, c, 3), (1, c, 8, 8)))
+        out.append(Probe(f"conv3x3 {c}->{c} @16", lambda c=c: _Conv(c, c, 3), (1, c, 16, 16)))
+        out.append(Probe(f"conv3x3 {c}->32 @16", lambda c=c: _Conv(c, 32, 3), (1, c, 16, 16)))
+        out.append(Probe(f"conv1x1 {c}->{2 * c} @16", lambda c=c: _Conv(c, 2 * c, 1), (1, c, 16, 16)))
     for n_in, n_out in ((64, 10), (128, 128), (256, 64), (512, 256)):
         out.append(Probe(f"linear {n_in}->{n_out}", lambda a=n_in, b=n_out: _Linear(a, b), (1, n_in)))
     return out
@@ -113,10 +119,14 @@ class Sample:
     probe: str
     op_class: str
     vela_op: str
-    ideal_cycles: float
+    ideal_cycles: float  # at the profile's own tiling
     out_elems: int
     vela_npu_cycles: int
     vela_cycles: int
+    ideal_by_tile_in: tuple[tuple[int, float], ...] = ()  # ideal cycles if tile_in were each candidate
+
+    def ideal(self, tile_in: int) -> float:
+        return dict(self.ideal_by_tile_in).get(tile_in, self.ideal_cycles)
 
 
 @dataclass
@@ -135,11 +145,14 @@ class VelaCalibration:
     samples: list[Sample]
     fits: list[ClassFit]
     skipped: list[str] = field(default_factory=list)  # probes whose operators could not be paired
+    tile_in: int = 0  # the input-channel granule chosen
+    tile_errors: dict[int, float] = field(default_factory=dict)  # mean relative error (%) per candidate
 
     def to_dict(self) -> dict[str, Any]:
         return {"accelerator": self.accelerator, "vela_version": self.vela_version,
                 "samples": [dataclasses.asdict(s) for s in self.samples],
-                "fits": [{**dataclasses.asdict(f)} for f in self.fits], "skipped": self.skipped}
+                "fits": [{**dataclasses.asdict(f)} for f in self.fits], "skipped": self.skipped,
+                "tile_in": self.tile_in, "tile_errors_pct": self.tile_errors}
 
     def table(self) -> str:
         rows = [f"Vela {self.vela_version} on {self.accelerator}: {len(self.samples)} operators",
@@ -149,6 +162,8 @@ class VelaCalibration:
             e = f.efficiency
             rows.append(f"{f.op_class:<12}{f.samples:>4}{e.compute_scale:>15.3f}{e.elem_cycles:>13.3f}"
                         f"{e.overhead_cycles or 0:>10.0f}{f.mape_before:>12.1f}%{f.mape_after:>7.1f}%")
+        rows.append(f"tile_in {self.tile_in} (mean error by candidate: "
+                    + ", ".join(f"{t}: {e:.1f}%" for t, e in self.tile_errors.items()) + ")")
         if self.skipped:
             rows.append("skipped: " + "; ".join(self.skipped))
         return "\n".join(rows)
@@ -161,12 +176,19 @@ def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
     vela = [o for o in operators if o.original not in _EDGE_OPS and o.cycles > 0]
     if len(layers) != len(vela):
         return []
-    clock = profile.compute.clock_hz
     out = []
     for spec, op in zip(layers, vela):
-        ideal = layer_cost(spec, dataclasses.replace(profile, efficiency=Efficiency())).t_compute_s * clock
-        out.append(Sample(probe.label, op_class(spec), op.original, ideal, spec.out_elems, op.npu_cycles, op.cycles))
+        by_tile = tuple((t, _ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
+        out.append(Sample(probe.label, op_class(spec), op.original, _ideal_cycles(spec, profile), spec.out_elems,
+                          op.npu_cycles, op.cycles, by_tile))
     return out
+
+
+def _ideal_cycles(spec, profile: HardwareProfile, tile_in: int | None = None) -> float:
+    """The peak-rate compute cycles of a layer (no [efficiency]), at ``tile_in`` if given."""
+    tiling = profile.tiling if tile_in is None else dataclasses.replace(profile.tiling, tile_in=tile_in)
+    plain = dataclasses.replace(profile, efficiency=Efficiency(), tiling=tiling)
+    return layer_cost(spec, plain).t_compute_s * profile.compute.clock_hz
 
 
 def _fit_roofline(ideal: np.ndarray, elems: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
@@ -188,22 +210,35 @@ def _fit_roofline(ideal: np.ndarray, elems: np.ndarray, y: np.ndarray) -> tuple[
     return a, b, c
 
 
-def fit(samples: list[Sample], profile: HardwareProfile) -> list[ClassFit]:
-    """Per op class: efficiency from the paired samples (classes without samples keep the peak-rate model)."""
+def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
+    """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's); classes
+    without enough samples keep the peak-rate model."""
     fits = []
+    tile = tile_in or profile.tiling.tile_in
     base_overhead = profile.overhead.layer_cycles
     for c in OP_CLASSES:
         rows = [s for s in samples if s.op_class == c]
         if len(rows) < 3:
             continue
-        ideal = np.array([s.ideal_cycles for s in rows])
+        ideal = np.array([s.ideal(tile) for s in rows])
         elems = np.array([float(s.out_elems) for s in rows])
         y = np.array([float(s.vela_npu_cycles) for s in rows])
         a, b, k = (float(f"{v:.4g}") for v in _fit_roofline(ideal, elems, y))  # as the TOML holds them
         eff = ClassEfficiency(max(a, 1e-3), b, k)
         after = np.maximum(eff.compute_scale * ideal, b * elems) + k
-        fits.append(ClassFit(c, eff, len(rows), mape(ideal + base_overhead, y), mape(after, y)))
+        before = np.array([s.ideal_cycles for s in rows]) + base_overhead
+        fits.append(ClassFit(c, eff, len(rows), mape(before, y), mape(after, y)))
     return fits
+
+
+def best_tile_in(samples: list[Sample], profile: HardwareProfile) -> tuple[int, dict[int, float]]:
+    """The input-channel granule under which the fitted classes explain Vela best (mean relative error
+    over every operator), and that error for each candidate."""
+    errors = {}
+    for tile in TILE_IN_CANDIDATES:
+        fits = fit(samples, profile, tile)
+        errors[tile] = sum(f.mape_after * f.samples for f in fits) / max(sum(f.samples for f in fits), 1)
+    return min(errors, key=errors.get), errors
 
 
 def calibrate_vela(profile: HardwareProfile, quick: bool = False, progress: Progress | None = None,
@@ -235,17 +270,21 @@ def calibrate_vela(profile: HardwareProfile, quick: bool = False, progress: Prog
                            f"{[o.original for o in report.operators if o.original not in _EDGE_OPS]} do not pair "
                            "with our layers")
         samples += paired
-    fits = fit(samples, profile)
+    tile_in, tile_errors = best_tile_in(samples, profile)
+    fits = fit(samples, profile, tile_in)
     efficiency = Efficiency(tuple((f.op_class, f.efficiency) for f in fits))
-    calibration = VelaCalibration(tool.vela_accelerator, version("ethos-u-vela"), samples, fits, skipped)
-    return dataclasses.replace(profile, efficiency=efficiency), calibration
+    calibration = VelaCalibration(tool.vela_accelerator, version("ethos-u-vela"), samples, fits, skipped, tile_in,
+                                  tile_errors)
+    tiling = dataclasses.replace(profile.tiling, tile_in=tile_in)
+    return dataclasses.replace(profile, efficiency=efficiency, tiling=tiling), calibration
 
 
 def efficiency_toml(calibration: VelaCalibration) -> str:
     """The ``[efficiency]`` section, every number with its provenance."""
     lines = ["[efficiency]",
-             f"# measured: Vela {calibration.vela_version} (ethos-u-vela), per-operator NPU cycles of "
-             f"{len(calibration.samples)} single-operator probes compiled for {calibration.accelerator} through "
+             f"# measured: Vela {calibration.vela_version} (ethos-u-vela), NPU cycles of {len(calibration.samples)} "
+             f"operators in {len({s.probe for s in calibration.samples})} small probe models compiled for "
+             f"{calibration.accelerator} through "
              "ExecuTorch's Arm backend ('npu-compress profiles calibrate --vela'); Vela is Arm's estimator, "
              "not silicon"]
     for f in calibration.fits:
@@ -265,6 +304,11 @@ def with_efficiency(profile_text: str, calibration: VelaCalibration) -> str:
     for line in profile_text.splitlines():
         if line.strip().startswith("["):
             skipping = line.strip() == "[efficiency]"
+        if line.startswith("tile_in =") and calibration.tile_in:
+            errors = ", ".join(f"{t}: {e:.1f}%" for t, e in calibration.tile_errors.items())
+            line = (f"tile_in = {calibration.tile_in}    # measured: Vela {calibration.vela_version} charges input "
+                    f"channels in granules of {calibration.tile_in} (mean error vs Vela by granule: {errors}); "
+                    "the MAC array's own depth is 8 (architecture_features.py ifm_ublock)")
         if not skipping:
             kept.append(line)
     return "\n".join(kept).rstrip() + "\n\n" + efficiency_toml(calibration)

@@ -28,19 +28,25 @@ def test_conv_17_channels_costs_as_32_on_16_tile():
     assert l17.macs == 17 * 16 * 9 * 32 * 32
 
 
-def test_conv_latency_matches_formula():
-    p = load_profile("ethos-u55-256")
+@pytest.mark.parametrize("name", ["generic-4tops", "ethos-u55-256"])  # without and with [efficiency]
+def test_conv_latency_matches_formula(name):
+    p = load_profile(name)
     r = _conv_report(20, p, c_in=12, hw=16)
     to, ti = p.tiling.tile_out, p.tiling.tile_in
     macs_pad = math.ceil(20 / to) * to * math.ceil(12 / ti) * ti * 9 * 16 * 16
-    t_compute = macs_pad / (p.compute.macs_per_cycle * p.compute.clock_hz)
+    eff = p.efficiency.of("conv")
+    t_ideal = macs_pad / (p.compute.macs_per_cycle * p.compute.clock_hz)
+    t_compute = max(eff.compute_scale * t_ideal, eff.elem_cycles * 20 * 16 * 16 / p.compute.clock_hz)
     wbytes = 20 * 12 * 9 * p.compute.dtype.bytes
     act = (12 + 20) * 16 * 16 * p.compute.dtype.bytes
     spill = act if act > p.memory.sram_bytes else 0
     t_memory = (wbytes + spill) / p.memory.dram_bandwidth_bytes_per_s
-    expect = max(t_compute, t_memory) + p.overhead.layer_cycles / p.compute.clock_hz
+    overhead = p.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
+    expect = max(t_compute, t_memory) + overhead / p.compute.clock_hz
     assert r.latency_s == pytest.approx(expect, rel=1e-12)
     assert r.memory_bytes == r.weight_bytes == wbytes
+    if name == "generic-4tops":
+        assert p.efficiency.of("conv") == type(eff)()  # the peak-rate model, as DESIGN §3 writes it
 
 
 @pytest.mark.parametrize("profile", sorted(list_profiles()))

@@ -1,13 +1,13 @@
 """Our cost model judged by Arm's Vela: predicted vs Vela latency, dense and pruned, and the budget as Vela sees it.
 
-    python tools/bench/ground_truth.py [--profile ethos-u55-128] [--calibrated bench_results/vela/ethos-u55-128.toml]
+    python tools/bench/ground_truth.py [--profile ethos-u55-128] [--baseline old-ethos-u55-128.toml]
         [--models digits-cnn resnet20 resnet56 mobilenetv2 vgg11] [--budgets 70 50]
         [--json bench_results/ground_truth.json]
 
 For each model (random weights: Vela's cycles depend on shapes; its lossless weight compression
 makes flash-bound layers somewhat data dependent, which random weights bias towards incompressible)
-and each profile variant — the shipped profile without ``[efficiency]`` (the peak-rate model) and
-the Vela-calibrated one — the dense model and magnitude-pruned copies at ``latency=B%`` (pruned
+and each profile variant — ``--profile`` (the shipped, Vela-calibrated one) and a baseline (the
+peak-rate profile before calibration, or ``--profile`` without ``[efficiency]``) — the dense model and magnitude-pruned copies at ``latency=B%`` (pruned
 under that variant's own cost model, no training: costs only) are compiled for the profile's
 accelerator through ExecuTorch's Arm backend and Vela (``vela_estimate``). Reported: predicted ÷
 Vela latency per model, MAPE and Spearman over all exports, and **the budget judged by Vela**:
@@ -39,14 +39,11 @@ from npu_compress.hardware.profile import Efficiency, load_profile  # noqa: E402
 from npu_compress.pruners import get_pruner  # noqa: E402
 
 
-def variants(profile: str, calibrated: str | None) -> dict[str, Any]:
-    shipped = load_profile(profile)
-    out = {"peak-rate": dataclasses.replace(shipped, efficiency=Efficiency())}
-    if shipped.efficiency != Efficiency():
-        out["shipped"] = shipped
-    if calibrated:
-        out["calibrated"] = load_profile(calibrated)
-    return out
+def variants(profile: str, baseline: str | None) -> dict[str, Any]:
+    """The profile as judged, and a baseline: a given TOML, or the profile without [efficiency]."""
+    judged = load_profile(profile)
+    base = load_profile(baseline) if baseline else dataclasses.replace(judged, efficiency=Efficiency())
+    return {"baseline": base, "profile": judged}
 
 
 def run_model(name: str, profiles: dict[str, Any], budgets: list[float]) -> list[dict[str, Any]]:
@@ -113,15 +110,15 @@ def table(rows: list[dict[str, Any]], summ: dict[str, dict[str, float]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="ethos-u55-128")
-    ap.add_argument("--calibrated", help="a Vela-calibrated profile TOML to judge beside the peak-rate model")
+    ap.add_argument("--profile", default="ethos-u55-128", help="the profile judged (name or TOML)")
+    ap.add_argument("--baseline", help="a profile TOML to judge beside it (default: --profile without [efficiency])")
     ap.add_argument("--models", nargs="+", default=["digits-cnn", "resnet20", "resnet56", "mobilenetv2", "vgg11"])
     ap.add_argument("--budgets", nargs="+", type=float, default=[70, 50])
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default="bench_results/ground_truth.json")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    profiles = variants(args.profile, args.calibrated)
+    profiles = variants(args.profile, args.baseline)
     rows = []
     for name in args.models:
         rows += run_model(name, profiles, args.budgets)

@@ -26,29 +26,15 @@ DEMO_MODEL = "digits-cnn"
 
 def _cmd_calibrate_vela(args: argparse.Namespace) -> int:
     from .hardware.calibrate_vela import calibrate_vela, with_efficiency
-    from .hardware.profile import profile_from_dict, profile_path
-    from .hardware.profile import tomllib
-    from .io import write_atomic
+    from .hardware.profile import profile_path
 
     source = profile_path(args.vela)
-    base = load_profile(source)
-    progress = (lambda i, n, label: logging.getLogger(__name__).info("[%d/%d] %s", i + 1, n, label))
-    profile, report = calibrate_vela(base, quick=args.quick, progress=progress)
-    text = with_efficiency(source.read_text(encoding="utf-8"), report)
-    if profile_from_dict(tomllib.loads(text), where=str(args.output)) != profile:  # checked before it is written
-        raise NpuCompressError(f"{args.output}: the fitted profile does not read back equal; please report this")
-    write_atomic(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    if args.json:
-        payload = json.dumps(report.to_dict(), indent=2)
-        write_atomic(args.json, lambda tmp: tmp.write_text(payload, encoding="utf-8"))
-    print(report.table())
-    print(f"wrote {args.output}")
-    return 0
+    profile, report = calibrate_vela(load_profile(source), quick=args.quick, progress=_progress)
+    return _write_calibrated(args, profile, with_efficiency(source.read_text(encoding="utf-8"), report), report)
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .hardware.calibrate import calibrate_ort_cpu, profile_toml
-    from .io import write_atomic
 
     if not args.output:
         raise NpuCompressError("'profiles calibrate' needs -o/--output, e.g. -o hw_profiles/ort-cpu.toml")
@@ -58,12 +44,22 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         raise NpuCompressError(f"'profiles calibrate' supports --provider cpu only (got '{args.provider}')")
     if args.threads < 1:
         raise NpuCompressError(f"--threads must be >= 1 (got {args.threads})")
-    progress = (lambda i, n, label: logging.getLogger(__name__).info("[%d/%d] %s", i + 1, n, label))
-    profile, report = calibrate_ort_cpu(threads=args.threads, quick=args.quick, progress=progress)
-    text = profile_toml(profile, report)
+    profile, report = calibrate_ort_cpu(threads=args.threads, quick=args.quick, progress=_progress)
+    return _write_calibrated(args, profile, profile_toml(profile, report), report)
+
+
+def _progress(i: int, n: int, label: str) -> None:
+    logging.getLogger(__name__).info("[%d/%d] %s", i + 1, n, label)
+
+
+def _write_calibrated(args: argparse.Namespace, profile, text: str, report) -> int:
+    """Check the fitted profile's TOML reads back equal, then write it (and the fit report) atomically."""
+    from .hardware.profile import profile_from_dict, tomllib
+    from .io import write_atomic
+
+    if profile_from_dict(tomllib.loads(text), where=str(args.output)) != profile:
+        raise NpuCompressError(f"{args.output}: the fitted profile does not read back equal; please report this")
     write_atomic(args.output, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    if load_profile(args.output) != profile:
-        raise NpuCompressError(f"{args.output}: written profile does not read back equal; please report this")
     if args.json:
         payload = json.dumps(report.to_dict(), indent=2)
         write_atomic(args.json, lambda tmp: tmp.write_text(payload, encoding="utf-8"))

@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 CALIBRATION_BATCH = 32
 
 
+def _parse_choice(cls: type[enum.Enum], value: object, where: str):
+    """``cls(value)``, or an error naming ``where`` and the valid choices."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise NpuCompressError(f"{where} '{value}' is not known; choose one of "
+                               f"{', '.join(str(m.value) for m in cls)}") from None
+
+
 class Precision(str, enum.Enum):
     """What the exported file computes in."""
 
@@ -38,11 +47,7 @@ class Precision(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | Precision", where: str = "precision") -> "Precision":
-        try:
-            return cls(value)
-        except ValueError:
-            raise NpuCompressError(f"{where} '{value}' is not known; choose one of "
-                                   f"{', '.join(p.value for p in cls)}") from None
+        return _parse_choice(cls, value, where)
 
     @classmethod
     def default_for(cls, dtype: DType) -> "Precision":
@@ -59,11 +64,7 @@ class CalibrationMethod(str, enum.Enum):
 
     @classmethod
     def parse(cls, value: "str | CalibrationMethod", where: str = "calibrate") -> "CalibrationMethod":
-        try:
-            return cls(value)
-        except ValueError:
-            raise NpuCompressError(f"{where} '{value}' is not known; choose one of "
-                                   f"{', '.join(m.value for m in cls)}") from None
+        return _parse_choice(cls, value, where)
 
 
 @dataclass(frozen=True)

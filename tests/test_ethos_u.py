@@ -10,14 +10,12 @@ import json
 
 import pytest
 import torch
-from torch import nn
 
 import npu_compress as nc
 from npu_compress.cli import main
 from npu_compress.export import Calibration, IntGate
 from npu_compress.export.ethos_u import EthosUError, export_ethos_u, require_executorch
 from npu_compress.export.vela_report import VelaOutputError, read_vela_output
-from npu_compress.graph import build
 from npu_compress.pruners import get_pruner
 from npu_compress.training import Epochs, TrainConfig
 

@@ -2,7 +2,8 @@
 int8 QDQ) -> verified; or, with the ``ethos-u`` extra, an ExecuTorch program compiled by Arm Vela."""
 from .agreement import AgreementResult, IntGate
 from .ethos_u import EthosUError, EthosUReport, export_ethos_u
-from .onnx_export import ExportError, attach_result, export_onnx
+from .job import attach_result
+from .onnx_export import ExportError, export_onnx
 from .pack import PackedWeight, pack_weights
 from .quantize import Calibration, CalibrationMethod, Precision
 from .report import ExportReport

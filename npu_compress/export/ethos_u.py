@@ -36,7 +36,7 @@ from ..hardware.cost import CostReport, estimate
 from ..graph_cost import weight_formats
 from ..io import write_atomic
 from .agreement import AgreementResult, IntGate, check_agreement
-from .onnx_export import RANDOM_CHECK_SAMPLES, as_dataset, job_from, random_inputs
+from .job import RANDOM_CHECK_SAMPLES, as_dataset, job_from, random_inputs
 from .quantize import Calibration
 from .vela_report import VelaReport, read_vela_output
 

@@ -3,6 +3,9 @@
 - channel: the physically pruned copy is exported (``graph.remove_pruned``);
 - block / N:M: the dense-with-zeros model is exported and simplified, then its pruned weights are
   rewritten into packed forms (:mod:`.pack`);
+- int8 (the default on an int8 profile): the verified float graph is quantized to QDQ
+  (:mod:`.quantize`), packing acts on the int8 weights (checked: packed == unpacked), and the
+  file is judged by top-1 agreement and accuracy against the float torch model (:mod:`.agreement`);
 - always: ``onnx.checker``, then onnxruntime vs the torch (masked) model on random inputs and any
   given real samples; the file appears only when all of that passed (temp file + rename).
 
@@ -14,7 +17,6 @@ from __future__ import annotations
 import copy
 import io
 import logging
-import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,112 +28,25 @@ import torch
 from torch import nn
 
 from .._version import __version__
-from ..checkpoint import CheckpointError, PruneCheckpoint
-from ..data import Dataset, load_dataset
+from ..data import Dataset
 from ..errors import NpuCompressError, VerificationError
-from ..graph import build, remove_pruned
+from ..graph import remove_pruned
 from ..graph_cost import predict, weight_formats
 from ..hardware.cost import estimate
-from ..hardware.profile import HardwareProfile, load_profile, profile_from_dict
+from ..hardware.profile import HardwareProfile
 from ..io import atomic_path
-from ..modelspec import load_model
 from .agreement import AgreementResult, IntGate, check_agreement
+from .job import FLOAT_CHECK_SAMPLES, RANDOM_CHECK_SAMPLES, Job, as_dataset, job_from, random_inputs
 from .pack import pack_weights
 from .quantize import Calibration, Precision, quantize_qdq
 from .report import ExportReport, onnx_weight_bytes
 from .verify import DEFAULT_TOLERANCE, OrtRunner, compare
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 log = logging.getLogger(__name__)
 
 
 class ExportError(NpuCompressError, RuntimeError):
     """torch.onnx.export, onnxsim or the ONNX checker failed."""
-
-
-@dataclass
-class _Job:
-    """Everything an export needs, whatever it was given."""
-
-    masked: nn.Module  # the model as trained: pruned units are zeros, original shapes
-    example: torch.Tensor  # (1, ...) example input
-    profile: HardwareProfile
-    structure: str  # "dense" | "channel" | "block" | "nm"
-    graph: Any = None
-    keep: torch.Tensor | None = None
-    budget: str | None = None
-    nm: tuple[int, int] = (2, 4)
-    profile_known: bool = True  # False: a plain model with no profile given (precision defaults to fp32)
-
-    def default_precision(self) -> Precision:
-        return Precision.default_for(self.profile.compute.dtype) if self.profile_known else Precision.FP32
-
-
-def attach_result(model: nn.Module, result: Any) -> None:
-    """Let ``model`` carry its pruning result to ``export_onnx`` (done by ``Pruner.finalize``)."""
-    object.__setattr__(model, "_npu_compress_result", _Shared(result))
-
-
-class _Shared:
-    """A reference that deep copies share (a model's copy points to the same pruning result)."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __deepcopy__(self, memo: dict) -> "_Shared":
-        return self
-
-
-def _from_checkpoint(path: Path) -> _Job:
-    ckpt = PruneCheckpoint.load(path)
-    loaded = load_model(ckpt.model_spec, tuple(ckpt.input_shape))
-    try:
-        loaded.module.load_state_dict(ckpt.state_dict)
-    except RuntimeError as e:
-        raise CheckpointError(f"checkpoint '{path}' does not fit model '{ckpt.model_spec}' "
-                              f"(was it written for another model?): {str(e).splitlines()[0]}") from None
-    profile = profile_from_dict(tomllib.loads(ckpt.profile_toml), where=f"{path} (profile)")
-    example = torch.zeros(1, *ckpt.input_shape[1:])
-    graph = build(loaded.module, (example,), profile, ckpt.structure, nm=tuple(ckpt.nm), group_size=ckpt.group_size)
-    if graph.num_units != len(ckpt.keep):
-        raise CheckpointError(f"checkpoint '{path}' has {len(ckpt.keep)} units but model '{ckpt.model_spec}' has "
-                              f"{graph.num_units} with structure {ckpt.structure}: written for another model")
-    return _Job(loaded.module, example, profile, ckpt.structure, graph, ckpt.keep.bool(), ckpt.budget, tuple(ckpt.nm))
-
-
-def _from_model(model: nn.Module, example_inputs: Any, profile: Any) -> _Job:
-    if example_inputs is None:
-        raise NpuCompressError("export_onnx(model, ...) needs example_inputs, e.g. (torch.randn(1, 3, 32, 32),)")
-    example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-    shared = getattr(model, "_npu_compress_result", None)
-    if shared is None:
-        return _Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), "dense",
-                    profile_known=profile is not None)
-    result = shared.value  # carries the profile object itself: a user's own .toml need not be findable by name
-    return _Job(model, example[:1], load_profile(profile) if profile is not None else result.profile,
-                result.graph.structure.value, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
-
-
-def job_from(model_or_checkpoint: nn.Module | str | Path, example_inputs: Any = None,
-             profile: str | HardwareProfile | None = None, structure: str | None = None) -> _Job:
-    """What to export, from a checkpoint path or a model (finalized by a pruner, or dense)."""
-    src = model_or_checkpoint
-    job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
-    if structure is not None and structure != job.structure:
-        raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "
-                               f"'{job.structure}' (dense: not pruned); export it as '{job.structure}'")
-    return job
-
-
-def as_dataset(data: Dataset | str | Path | None) -> Dataset | None:
-    """``data`` as the normalised dataset the model was trained on (normalisation is train statistics)."""
-    if data is None:
-        return None
-    return (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
 
 
 def _to_onnx(model: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
@@ -207,15 +122,7 @@ def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, e
         job.masked.train(was_training)
 
 
-FLOAT_CHECK_SAMPLES = 64
-RANDOM_CHECK_SAMPLES = 256
-
-
-def random_inputs(example: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    return torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(seed))
-
-
-def _stamp(proto: onnx.ModelProto, job: _Job, precision: Precision) -> None:
+def _stamp(proto: onnx.ModelProto, job: Job, precision: Precision) -> None:
     onnx.helper.set_model_props(proto, {**{e.key: e.value for e in proto.metadata_props},
                                         "npu_compress.version": __version__, "npu_compress.profile": job.profile.name,
                                         "npu_compress.structure": job.structure, "npu_compress.budget": job.budget or "",
@@ -226,13 +133,13 @@ def _stamp(proto: onnx.ModelProto, job: _Job, precision: Precision) -> None:
         raise ExportError(f"the exported graph fails the ONNX checker: {e}") from None
 
 
-def _pack(proto: onnx.ModelProto, job: _Job) -> list:
+def _pack(proto: onnx.ModelProto, job: Job) -> list:
     if job.structure not in ("block", "nm"):
         return []
     return pack_weights(proto, job.structure, tuple(job.profile.tiling.block), job.nm)
 
 
-def _float_check(tmp: Path, path: Path, reference: nn.Module, job: _Job, o: _Options):
+def _float_check(tmp: Path, path: Path, reference: nn.Module, job: Job, o: _Options):
     batches = [random_inputs(job.example, 4, 0)] + ([o.samples] if o.samples is not None else [])
     result = compare(tmp, reference, batches, o.tolerance)
     if not result.finite:
@@ -245,7 +152,7 @@ def _float_check(tmp: Path, path: Path, reference: nn.Module, job: _Job, o: _Opt
     return result
 
 
-def _export(job: _Job, path: Path, o: _Options, reference: nn.Module) -> ExportReport:
+def _export(job: Job, path: Path, o: _Options, reference: nn.Module) -> ExportReport:
     channel = job.structure == "channel"
     exported_model = remove_pruned(job.masked, job.graph, job.keep) if channel else copy.deepcopy(job.masked)
     proto = _to_onnx(exported_model, job.example, o.opset)
@@ -275,7 +182,7 @@ def _export(job: _Job, path: Path, o: _Options, reference: nn.Module) -> ExportR
     return _report(job, path, exported_model, proto, dense_bytes, packed, verification, o, agreement, calibrated_on)
 
 
-def _calibration_inputs(job: _Job, o: _Options) -> tuple[torch.Tensor, str]:
+def _calibration_inputs(job: Job, o: _Options) -> tuple[torch.Tensor, str]:
     if o.data is not None:
         x = o.data.x_train[:o.calibration.samples]
         return x, f"training split of '{o.data.name}' ({len(x)} samples, {o.calibration.method.value})"
@@ -285,7 +192,7 @@ def _calibration_inputs(job: _Job, o: _Options) -> tuple[torch.Tensor, str]:
         f"random inputs ({o.calibration.samples} samples, {o.calibration.method.value}): no data given"
 
 
-def _pack_exactly(proto: onnx.ModelProto, job: _Job, tmp: Path) -> list:
+def _pack_exactly(proto: onnx.ModelProto, job: Job, tmp: Path) -> list:
     """Pack the int8 weights and check the packed graph computes what the unpacked one does."""
     if job.structure not in ("block", "nm"):
         return []
@@ -303,7 +210,7 @@ def _pack_exactly(proto: onnx.ModelProto, job: _Job, tmp: Path) -> list:
     return packed
 
 
-def _int8_check(tmp: Path, path: Path, reference: nn.Module, job: _Job, o: _Options) -> AgreementResult:
+def _int8_check(tmp: Path, path: Path, reference: nn.Module, job: Job, o: _Options) -> AgreementResult:
     if o.data is not None:
         n = o.gate.samples or len(o.data.x_test)
         x, y = o.data.x_test[:n], o.data.y_test[:n]
@@ -318,7 +225,7 @@ def _int8_check(tmp: Path, path: Path, reference: nn.Module, job: _Job, o: _Opti
     return result
 
 
-def _report(job: _Job, path: Path, exported_model: nn.Module, proto: onnx.ModelProto, dense_bytes: int,
+def _report(job: Job, path: Path, exported_model: nn.Module, proto: onnx.ModelProto, dense_bytes: int,
             packed: list, verification: Any, o: _Options, agreement: AgreementResult | None,
             calibrated_on: str | None) -> ExportReport:
     dense = estimate(job.masked, job.example, job.profile)

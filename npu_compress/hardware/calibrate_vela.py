@@ -22,9 +22,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
-import math
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

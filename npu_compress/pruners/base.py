@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..errors import NpuCompressError
-from ..export.onnx_export import attach_result
+from ..export.job import attach_result
 from ..graph import apply_masks, build
 from ..graph_cost import predict
 from ..hardware.budget import Budget

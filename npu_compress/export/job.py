@@ -1,0 +1,119 @@
+"""What an export works on, whatever it was given: a ``prune`` checkpoint, a model a pruner finalized
+(the result rides on it, set by ``Pruner.finalize`` through :func:`attach_result`), or a dense model.
+
+    job = job_from("digits.ckpt")                                  # or job_from(model, (x,), profile)
+    job.masked, job.graph, job.keep, job.profile, job.default_precision()
+
+Shared by the ONNX exporter and the Ethos-U target, with the inputs both check on.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..checkpoint import CheckpointError, PruneCheckpoint
+from ..data import Dataset, load_dataset
+from ..errors import NpuCompressError
+from ..graph import build
+from ..hardware.profile import HardwareProfile, load_profile, profile_from_dict
+from ..modelspec import load_model
+from .quantize import Precision
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+FLOAT_CHECK_SAMPLES = 64  # real test samples the float check runs on, besides random ones
+RANDOM_CHECK_SAMPLES = 256  # random inputs an integer check runs on when no data is given
+
+
+@dataclass
+class Job:
+    """Everything an export needs, whatever it was given."""
+
+    masked: nn.Module  # the model as trained: pruned units are zeros, original shapes
+    example: torch.Tensor  # (1, ...) example input
+    profile: HardwareProfile
+    structure: str  # "dense" | "channel" | "block" | "nm"
+    graph: Any = None
+    keep: torch.Tensor | None = None
+    budget: str | None = None
+    nm: tuple[int, int] = (2, 4)
+    profile_known: bool = True  # False: a plain model with no profile given (precision defaults to fp32)
+
+    def default_precision(self) -> Precision:
+        return Precision.default_for(self.profile.compute.dtype) if self.profile_known else Precision.FP32
+
+
+def attach_result(model: nn.Module, result: Any) -> None:
+    """Let ``model`` carry its pruning result to ``export_onnx`` (done by ``Pruner.finalize``)."""
+    object.__setattr__(model, "_npu_compress_result", _Shared(result))
+
+
+class _Shared:
+    """A reference that deep copies share (a model's copy points to the same pruning result)."""
+
+    def __init__(self, value: Any):
+        self.value = value
+
+    def __deepcopy__(self, memo: dict) -> "_Shared":
+        return self
+
+
+def _from_checkpoint(path: Path) -> Job:
+    ckpt = PruneCheckpoint.load(path)
+    loaded = load_model(ckpt.model_spec, tuple(ckpt.input_shape))
+    try:
+        loaded.module.load_state_dict(ckpt.state_dict)
+    except RuntimeError as e:
+        raise CheckpointError(f"checkpoint '{path}' does not fit model '{ckpt.model_spec}' "
+                              f"(was it written for another model?): {str(e).splitlines()[0]}") from None
+    profile = profile_from_dict(tomllib.loads(ckpt.profile_toml), where=f"{path} (profile)")
+    example = torch.zeros(1, *ckpt.input_shape[1:])
+    graph = build(loaded.module, (example,), profile, ckpt.structure, nm=tuple(ckpt.nm), group_size=ckpt.group_size)
+    if graph.num_units != len(ckpt.keep):
+        raise CheckpointError(f"checkpoint '{path}' has {len(ckpt.keep)} units but model '{ckpt.model_spec}' has "
+                              f"{graph.num_units} with structure {ckpt.structure}: written for another model")
+    return Job(loaded.module, example, profile, ckpt.structure, graph, ckpt.keep.bool(), ckpt.budget, tuple(ckpt.nm))
+
+
+def _from_model(model: nn.Module, example_inputs: Any, profile: Any) -> Job:
+    if example_inputs is None:
+        raise NpuCompressError("export_onnx(model, ...) needs example_inputs, e.g. (torch.randn(1, 3, 32, 32),)")
+    example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
+    shared = getattr(model, "_npu_compress_result", None)
+    if shared is None:
+        return Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), "dense",
+                    profile_known=profile is not None)
+    result = shared.value  # carries the profile object itself: a user's own .toml need not be findable by name
+    return Job(model, example[:1], load_profile(profile) if profile is not None else result.profile,
+                result.graph.structure.value, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
+
+
+def job_from(model_or_checkpoint: nn.Module | str | Path, example_inputs: Any = None,
+             profile: str | HardwareProfile | None = None, structure: str | None = None) -> Job:
+    """What to export, from a checkpoint path or a model (finalized by a pruner, or dense)."""
+    src = model_or_checkpoint
+    job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
+    if structure is not None and structure != job.structure:
+        raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "
+                               f"'{job.structure}' (dense: not pruned); export it as '{job.structure}'")
+    return job
+
+
+def as_dataset(data: Dataset | str | Path | None) -> Dataset | None:
+    """``data`` as the normalised dataset the model was trained on (normalisation is train statistics)."""
+    if data is None:
+        return None
+    return (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
+
+
+def random_inputs(example: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    """``n`` standard-normal inputs shaped like ``example`` (1, ...), reproducibly."""
+    return torch.randn(n, *example.shape[1:], generator=torch.Generator().manual_seed(seed))

@@ -81,6 +81,14 @@ def test_cli_ethos_u_export_and_json(digits_ckpt, tmp_path, capsys):
 
 
 @needs_extra
+def test_missing_output_folder_fails_before_compiling(digits_ckpt, tmp_path):
+    from npu_compress.io import OutputError
+
+    with pytest.raises(OutputError, match="does not exist"):
+        export_ethos_u(digits_ckpt, tmp_path / "no" / "d.pte", data="digits")
+
+
+@needs_extra
 def test_ethos_u_needs_an_ethos_profile(tmp_path, capsys):
     model = nc.models.create("digits-cnn").eval()
     with pytest.raises(EthosUError, match="names no Ethos-U accelerator"):

@@ -34,7 +34,8 @@ from ..errors import NpuCompressError, VerificationError
 from ..graph import remove_pruned
 from ..hardware.cost import CostReport, estimate
 from ..graph_cost import weight_formats
-from ..io import write_atomic
+from ..hardware.profile import HardwareProfile
+from ..io import OutputError, write_atomic
 from .agreement import AgreementResult, IntGate, check_agreement
 from .job import RANDOM_CHECK_SAMPLES, as_dataset, job_from, random_inputs
 from .quantize import Calibration
@@ -122,7 +123,7 @@ class EthosUReport:
 
 
 def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path, example_inputs: Any = None,
-                   profile: Any = None, *, data: Dataset | str | Path | None = None,
+                   profile: str | HardwareProfile | None = None, *, data: Dataset | str | Path | None = None,
                    calibration: Calibration = Calibration(), gate: IntGate = IntGate(), verify: bool = True,
                    require_npu: bool = False) -> EthosUReport:
     """Quantize with ExecuTorch's Ethos-U quantizer, lower through TOSA to Vela, write the ``.pte``.
@@ -131,6 +132,8 @@ def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path
     on the CPU. ``data``: calibration from its training split, the check on its test split.
     """
     require_executorch()
+    if not Path(path).parent.is_dir():  # before minutes of compiling, not after
+        raise OutputError(f"cannot write '{path}': folder '{Path(path).parent}' does not exist")
     job = job_from(model_or_checkpoint, example_inputs, profile)
     tool = job.profile.toolchain
     if not tool.vela_accelerator:

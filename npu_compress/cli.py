@@ -160,12 +160,12 @@ def _prune_table(r: dict, output: Path) -> str:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import Calibration, IntGate
-    from .io import write_atomic
+    from .io import check_writable, write_atomic
 
     calibration = Calibration(args.calibrate, args.calibration)
     gate = IntGate(args.min_agreement, args.max_drop, args.verify_samples)
     if args.json:
-        _check_writable(args.json, "--json")
+        check_writable(args.json)
     if args.target == "ethos-u":
         from .export.ethos_u import export_ethos_u
 
@@ -185,13 +185,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
         write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report.to_dict(), indent=2)))
     print(report.table())
     return 0
-
-
-def _check_writable(path: str, flag: str) -> None:
-    """Fail before the work, not after it, when an output folder is missing."""
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise NpuCompressError(f"{flag} '{path}': folder '{folder}' does not exist")
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

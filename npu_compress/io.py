@@ -14,15 +14,23 @@ class OutputError(NpuCompressError, OSError):
     """An output path cannot be written."""
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path in the target's folder; on success move it over ``path``, else delete it."""
+def check_writable(path: str | Path) -> Path:
+    """The folder ``path`` would be written in; :class:`OutputError` if it is missing or read-only
+    (call it before long work, so a bad output path fails first, not last)."""
     target = Path(path)
     folder = target.parent if str(target.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"cannot write '{target}': folder '{folder}' does not exist")
     if not os.access(folder, os.W_OK):
         raise OutputError(f"cannot write '{target}': folder '{folder}' is not writable")
+    return folder
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temp path in the target's folder; on success move it over ``path``, else delete it."""
+    target = Path(path)
+    folder = check_writable(target)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     os.close(fd)
     try:

@@ -142,13 +142,8 @@ def _pack(proto: onnx.ModelProto, job: Job) -> list:
 def _float_check(tmp: Path, path: Path, reference: nn.Module, job: Job, o: _Options):
     batches = [random_inputs(job.example, 4, 0)] + ([o.samples] if o.samples is not None else [])
     result = compare(tmp, reference, batches, o.tolerance)
-    if not result.finite:
-        raise VerificationError(f"'{path}' or the torch model produces non-finite outputs (NaN or Inf); "
-                                "nothing written")
     if not result.passed:
-        raise VerificationError(f"'{path}' would differ from the torch model: max abs error "
-                                f"{result.max_abs_error:.3g} > tolerance {o.tolerance:g} x output scale "
-                                f"{result.scale:.3g}; nothing written")
+        raise VerificationError(result.failure(path) + "; nothing written")
     return result
 
 

@@ -35,6 +35,14 @@ class VerifyResult:
     def passed(self) -> bool:
         return self.finite and self.max_abs_error <= self.tolerance * self.scale
 
+    def failure(self, path: str | Path) -> str:
+        """Why ``path`` fails the check, in one line."""
+        if not self.finite:
+            return f"'{path}' or the torch model produces non-finite outputs (NaN or Inf) on {self.samples} samples"
+        return (f"'{path}' differs from the torch model: max abs error {self.max_abs_error:.3g} > tolerance "
+                f"{self.tolerance:g} x output scale {self.scale:.3g} (max rel error {self.max_rel_error:.3g}, "
+                f"{self.samples} samples)")
+
 
 def _as_batches(inputs: torch.Tensor | Iterable[torch.Tensor]) -> list[torch.Tensor]:
     if isinstance(inputs, torch.Tensor):
@@ -107,11 +115,6 @@ def verify_onnx(path: str | Path, reference_model: nn.Module, inputs: torch.Tens
     """Run ``path`` in onnxruntime and ``reference_model`` in torch on ``inputs`` (a tensor or batches);
     raise :class:`VerificationError` if the max abs error exceeds ``tolerance * max(1, max |output|)``."""
     result = compare(path, reference_model, _as_batches(inputs), tolerance)
-    if not result.finite:
-        raise VerificationError(f"'{path}' or the torch model produces non-finite outputs (NaN or Inf) on "
-                                f"{result.samples} samples")
     if not result.passed:
-        raise VerificationError(f"'{path}' differs from the torch model: max abs error {result.max_abs_error:.3g} "
-                                f"> tolerance {tolerance:g} x output scale {result.scale:.3g} (max rel error "
-                                f"{result.max_rel_error:.3g}, {result.samples} samples)")
+        raise VerificationError(result.failure(path))
     return result

@@ -14,6 +14,8 @@ from typing import Any, Callable, Optional, Sequence
 import numpy as np
 from torch import fx, nn
 
+from ..hardware import ops
+from ..hardware.ops import base_name
 from . import tensor_info as ti
 from . import producers
 from .attention import sdpa_handler
@@ -24,35 +26,18 @@ from .types import FreezeRecord
 
 log = logging.getLogger(__name__)
 
-UNARY = {"relu", "relu_", "gelu", "gelu_", "silu", "silu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "hardtanh",
-         "hardtanh_", "hardswish", "hardswish_", "hardsigmoid", "hardsigmoid_", "relu6", "leaky_relu",
-         "leaky_relu_", "elu", "elu_", "selu", "celu", "mish", "softplus", "abs", "neg", "dropout", "dropout_",
-         "feature_dropout", "alpha_dropout", "clone", "contiguous", "alias", "detach", "_to_copy", "to",
-         "clamp", "clamp_min", "clamp_max", "exp", "square", "erf", "zeros_like", "ones_like", "full_like",
-         "empty_like", "rand_like", "randn_like", "lift_fresh_copy", "log_sigmoid", "type_as", "sqrt", "sin",
-         "cos", "logical_not", "bitwise_not", "sign", "round", "floor", "ceil", "trunc"}
-# elementwise, broadcasting; python-number operands are skipped
-BINARY = {"add", "add_", "sub", "sub_", "mul", "mul_", "rsub", "maximum", "minimum", "where", "gt", "lt", "ge",
-          "le", "eq", "ne", "masked_fill", "masked_fill_", "logical_and", "logical_or"}
-SPATIAL = {"max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
-           "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
-           "adaptive_max_pool2d", "max_pool2d_with_indices", "upsample_nearest1d", "upsample_nearest2d",
-           "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d", "upsample_linear1d",
-           "upsample_trilinear3d", "_upsample_nearest_exact2d", "_upsample_bilinear2d_aa",
-           "_adaptive_avg_pool2d"}
-REDUCE = {"mean", "sum", "amax", "amin", "max", "min", "var", "std", "logsumexp", "prod", "var_mean"}
-SOFTMAX = {"softmax", "log_softmax", "_softmax", "_log_softmax", "cumsum"}
-RESHAPE = {"view", "reshape", "_unsafe_view", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze",
-           "unsqueeze_", "view_as", "reshape_as"}
-PERMUTE = {"permute", "transpose", "t", "movedim", "swapaxes", "swapdims", "transpose_"}
-IGNORE = {"_assert_tensor_metadata", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size"}
+# the channel walk's op families are the cost model's (one vocabulary: hardware/ops.py), plus ops
+# that only matter to channels: no-op copies and creations act per element like a unary op
+UNARY = ops.UNARY | ops.PASS - {"native_dropout", "copy"} | {"zeros_like", "ones_like", "full_like",
+                                                              "empty_like", "rand_like", "randn_like"}
+BINARY = ops.BINARY
+SPATIAL, REDUCE, SOFTMAX, RESHAPE, PERMUTE = ops.SPATIAL, ops.REDUCE, ops.SOFTMAX, ops.RESHAPE, ops.PERMUTE
+IGNORE = ops.META
 
 
 def op_name(node: fx.Node) -> str:
-    if node.target is operator.getitem:
-        return "getitem"
-    packet = getattr(node.target, "overloadpacket", None)
-    return getattr(packet, "__name__", None) or getattr(node.target, "__name__", str(node.target))
+    """The op's family name in the shared vocabulary (``aten.relu_.default`` -> ``relu``)."""
+    return base_name(node.target)
 
 
 def arg(node: fx.Node, i: int, name: str, default: Any = None) -> Any:
@@ -77,18 +62,18 @@ class ChannelWalk:
                           (REDUCE, self.reduce), (SOFTMAX, self.softmax), (RESHAPE, self.reshape),
                           (PERMUTE, self.permute)]:
             self.handlers.update(dict.fromkeys(names, fn))
+        self.handlers.update(dict.fromkeys(ops.CONV - {"mkldnn_convolution"}, self.conv))
+        self.handlers.update(dict.fromkeys(ops.CONV_TRANSPOSE, self.conv_transpose))
+        self.handlers.update(dict.fromkeys(ops.LAYER_NORM - {"native_layer_norm"}, self.layer_norm))
         self.handlers.update({
             "getitem": self.getitem, "expand": self.expand, "repeat": self.repeat, "cat": self.cat,
             "concat": self.cat, "stack": self.stack, "chunk": self.chunk, "split": self.split,
             "split_with_sizes": self.split, "unbind": self.unbind, "slice": self.slice, "narrow": self.slice,
             "select": self.select, "batch_norm": self.batch_norm, "instance_norm": self.batch_norm,
-            "_native_batch_norm_legit_no_training": self.batch_norm, "layer_norm": self.layer_norm,
-            "rms_norm": self.layer_norm, "group_norm": self.group_norm, "conv1d": self.conv, "conv2d": self.conv,
-            "conv3d": self.conv, "convolution": self.conv, "_convolution": self.conv,
-            "conv_transpose1d": self.conv_transpose, "conv_transpose2d": self.conv_transpose,
-            "conv_transpose3d": self.conv_transpose, "linear": self.linear, "matmul": self.matmul,
-            "embedding": self.embedding, "scaled_dot_product_attention": self.sdpa,
-            "constant_pad_nd": self.pad, "pad": self.pad, "div": self.div, "div_": self.div, "pow": self.pow})
+            "_native_batch_norm_legit_no_training": self.batch_norm, "group_norm": self.group_norm,
+            "linear": self.linear, "matmul": self.matmul, "embedding": self.embedding,
+            "scaled_dot_product_attention": self.sdpa, "constant_pad_nd": self.pad, "pad": self.pad,
+            "div": self.div, "pow": self.pow})
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> "ChannelWalk":

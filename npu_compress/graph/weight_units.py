@@ -20,12 +20,12 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..hardware import ops
 from .channel_ops import op_name
 from .export_trace import Trace
 from .types import ParamBlock, Structure, Unit
 
-WEIGHT_OPS = {"conv1d", "conv2d", "conv3d", "convolution", "_convolution", "conv_transpose1d",
-              "conv_transpose2d", "conv_transpose3d", "linear"}
+WEIGHT_OPS = (ops.CONV | ops.CONV_TRANSPOSE | {"linear"}) - {"mkldnn_convolution"}
 
 
 @dataclass

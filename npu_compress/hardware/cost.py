@@ -35,11 +35,11 @@ from torch import nn
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
 from .ops import OpKind, OpRecord
-from .profile import HardwareProfile, load_profile
+from .profile import HardwareProfile, class_default, load_profile
 
 # Vector-unit element operations per output element, by op (assumption: simple per-element
 # pipelines; normalisation reads twice: statistics, then scale).
-_VECTOR_PASSES = {OpKind.NORM: 2, OpKind.ELEMENTWISE: 1, OpKind.POOL: 1}
+_VECTOR_PASSES = {OpKind.NORM: 2, OpKind.ELEMENTWISE: 1, OpKind.POOL: 1, OpKind.MOVE: 1}
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ class LayerCost:
     t_compute_s: float
     t_memory_s: float
     latency_s: float
-    bound: str  # "compute" | "memory" | "fused"
+    bound: str  # "compute" | "memory" | "fused" | "free" (a move the profile does not price)
 
 
 @dataclass(frozen=True)
@@ -102,7 +102,7 @@ class CostReport:
                f"{'compute us':>10} {'memory us':>9} {'bound':>7}"
         rows = [head, "-" * len(head)]
         for c in self.layers:
-            if c.bound == "fused" and not show_fused:
+            if c.bound in ("fused", "free") and not show_fused:
                 continue
             rows.append(f"{c.name[-28:]:<28} {c.op[:14]:<14} {str(c.out_shape)[:18]:<18} {c.macs_padded:>11,} "
                         f"{_fmt_bytes(c.weight_bytes):>9} {c.t_compute_s * 1e6:>10.2f} {c.t_memory_s * 1e6:>9.2f} "
@@ -176,7 +176,7 @@ def op_class(spec: LayerSpec) -> str:
         return "depthwise" if spec.depthwise else "grouped" if spec.groups > 1 else "conv"
     if spec.kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.ATTENTION):
         return "matmul"
-    return {OpKind.POOL: "pool", OpKind.NORM: "norm"}.get(spec.kind, "elementwise")
+    return {OpKind.POOL: "pool", OpKind.NORM: "norm", OpKind.MOVE: "move"}.get(spec.kind, "elementwise")
 
 
 def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DENSE) -> LayerCost:
@@ -185,9 +185,10 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     macs, macs_pad = padded_macs(spec, profile)
     macs_pad = round(macs_pad * _compute_fraction(profile, fmt))
     wbytes = weight_bytes(spec, profile, fmt)
-    if spec.fused:
+    eff = profile.efficiency.of(op_class(spec))
+    if spec.fused or (spec.kind == OpKind.MOVE and eff == class_default("move")):
         return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
-                         0.0, 0.0, 0.0, "fused")
+                         0.0, 0.0, 0.0, "fused" if spec.fused else "free")
     act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes
     spilled = act_bytes if act_bytes > profile.memory.sram_bytes else 0
     if spec.kind.uses_mac_array:
@@ -197,7 +198,6 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     else:
         elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
-    eff = profile.efficiency.of(op_class(spec))
     t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * spec.out_elems / clock)
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s

@@ -15,7 +15,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from ..errors import TraceError
-from .ops import OpRecord, TensorMeta, base_name
+from .ops import OpRecord, TensorMeta, base_name, fold_linear_bias
 
 _INT_ARGS = {"convolution": {8: "groups", 6: "transposed"}, "_convolution": {8: "groups", 6: "transposed"},
              "conv1d": {6: "groups"}, "conv2d": {6: "groups"}, "conv3d": {6: "groups"},
@@ -114,4 +114,4 @@ def trace_ops(model: nn.Module, example_inputs: tuple[Any, ...] | torch.Tensor) 
     except Exception as e:  # the user's model failed on the given input: say so, keep the cause
         shapes = [tuple(x.shape) for x in example_inputs if isinstance(x, torch.Tensor)]
         raise TraceError(f"model {type(model).__name__} failed on example inputs of shape {shapes}: {e}") from e
-    return recorder.records
+    return fold_linear_bias(recorder.records)

@@ -12,7 +12,10 @@ import torch
 from torch.export import ExportedProgram
 
 from .dispatch_trace import op_int_args
-from .ops import OpRecord, TensorMeta, base_name
+from .ops import PERMUTE, RESHAPE, SPLIT, OpRecord, TensorMeta, base_name, fold_linear_bias
+
+# views of a parameter are that parameter (as at the dispatch level, where they share its storage)
+_PARAM_VIEWS = RESHAPE | PERMUTE | SPLIT | {"expand", "alias", "detach"}
 
 
 def _shape(val: Any) -> tuple[int, ...] | None:
@@ -30,7 +33,7 @@ def records_from_exported(ep: ExportedProgram,
                           shapes: Mapping[str, tuple[int, ...]] | None = None) -> list[OpRecord]:
     """One record per ``call_function`` node, in graph order. ``shapes`` replaces shapes by node id."""
     sig = ep.graph_signature
-    param_of = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
+    param_of: dict[str, str] = {**sig.inputs_to_parameters, **sig.inputs_to_buffers,
                 **getattr(sig, "inputs_to_lifted_tensor_constants", {})}
     shapes = shapes or {}
 
@@ -47,6 +50,9 @@ def records_from_exported(ep: ExportedProgram,
         if node.op != "call_function":
             continue
         name = base_name(node.target)
+        first = node.args[0] if node.args else None
+        if name in _PARAM_VIEWS and isinstance(first, torch.fx.Node) and first.name in param_of:
+            param_of[node.name] = param_of[first.name]
         if name == "getitem":
             src, idx = node.args[0], node.args[1]
             ins = [meta(src, idx)] if isinstance(src, torch.fx.Node) else []
@@ -62,4 +68,4 @@ def records_from_exported(ep: ExportedProgram,
                                 inputs=tuple(t for t in ins if t is not None),
                                 outputs=tuple(t for t in outs if t is not None),
                                 args=op_int_args(name, node.args)))
-    return records
+    return fold_linear_bias(records)

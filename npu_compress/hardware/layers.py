@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .ops import OpKind, OpRecord
+from .ops import BATCH_NORM, JOIN, OpKind, OpRecord
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,8 @@ def spec_from_record(rec: OpRecord, fused: bool = False) -> LayerSpec:
     return LayerSpec(**base, c_in=c, c_out=c)
 
 
-_JOINS = {"cat", "stack"}  # write a new tensor from several: never transparent to fusion
-_FOLDABLE_NORMS = {"batch_norm", "native_batch_norm", "_native_batch_norm_legit_no_training",
-                   "_native_batch_norm_legit", "_batch_norm_impl_index", "cudnn_batch_norm"}
+_FOLDABLE_NORMS = BATCH_NORM - {"instance_norm"}  # folds into a preceding conv (statistics are per channel)
+_MOVES = (OpKind.VIEW, OpKind.MOVE)  # pass their input's fusion tag along (but a join writes a new tensor)
 
 
 def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
@@ -149,9 +148,11 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     for rec in records:
         kind = rec.kind
         acts = rec.activations
-        if kind == OpKind.VIEW:
-            passes = len(acts) == 1 and rec.op not in _JOINS
+        if kind in _MOVES:
+            passes = len(acts) == 1 and rec.op not in JOIN
             tag = producer.get(acts[0].id, "other") if passes else "other"
+            if kind == OpKind.MOVE:  # costed by the profile's "move" class (free by default)
+                layers.append(spec_from_record(rec))
         else:
             src = producer.get(acts[0].id) if len(acts) == 1 else None
             # batch norm folds into a MAC op (layer/group norm need cross-channel statistics: never);
@@ -190,7 +191,7 @@ def peak_activation_elems(records: list[OpRecord], layers: list[LayerSpec] | Non
     for i, rec in enumerate(records):
         for t in rec.activations:
             touch(root.setdefault(t.id, t.id), t.numel, i)
-        aliased = (rec.kind == OpKind.VIEW and rec.op not in _JOINS) and bool(rec.activations)
+        aliased = (rec.kind in _MOVES and rec.op not in JOIN) and bool(rec.activations)
         for t in rec.outputs:
             alias = (aliased or t.id in fused_ids) and bool(rec.activations)
             root[t.id] = root[rec.activations[0].id] if alias else t.id

@@ -13,7 +13,7 @@ Example::
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 
@@ -27,7 +27,8 @@ class OpKind(str, enum.Enum):
     NORM = "norm"  # batch/layer/group norm
     POOL = "pool"  # pooling, resampling, reductions
     ELEMENTWISE = "elementwise"  # activations, residual add, ...
-    VIEW = "view"  # shape-only or copy ops an NPU compiler removes: no cost
+    MOVE = "move"  # data movement: concat, transpose/permute, materialising copies (priced by the profile)
+    VIEW = "view"  # shape-only ops and no-op copies an NPU compiler removes: no cost
 
     @property
     def uses_mac_array(self) -> bool:
@@ -70,27 +71,52 @@ class OpRecord:
         return tuple(t for t in self.inputs if t.param is None)
 
 
-_CONV = {"convolution", "_convolution", "conv1d", "conv2d", "conv3d", "conv_transpose1d",
-         "conv_transpose2d", "conv_transpose3d", "mkldnn_convolution"}
-_LINEAR = {"linear", "addmm", "mm", "bmm", "matmul", "baddbmm"}
-_ATTENTION = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
-              "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
-              "_scaled_dot_product_flash_attention"}
-_NORM = {"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
-         "native_batch_norm", "layer_norm", "native_layer_norm", "group_norm", "native_group_norm",
-         "instance_norm", "_batch_norm_impl_index", "cudnn_batch_norm"}
-_POOL = {"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "avg_pool1d", "avg_pool2d",
-         "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "_adaptive_avg_pool2d",
-         "adaptive_max_pool2d", "mean", "sum", "amax", "amin", "upsample_nearest1d", "upsample_nearest2d",
-         "upsample_bilinear2d", "_upsample_nearest_exact2d", "upsample_bicubic2d", "_upsample_bilinear2d_aa",
-         "pixel_shuffle", "pixel_unshuffle"}
-_VIEW = {"view", "_unsafe_view", "reshape", "t", "transpose", "permute", "flatten", "unflatten", "unsqueeze",
-         "squeeze", "expand", "contiguous", "clone", "alias", "detach", "slice", "select", "split",
-         "split_with_sizes", "chunk", "unbind", "getitem", "dropout", "feature_dropout", "cat", "stack",
-         "_to_copy", "to", "lift_fresh_copy", "view_as", "expand_as", "type_as", "identity", "copy",
-         "new_empty", "empty_like", "zeros_like", "ones_like", "full_like", "_assert_tensor_metadata",
-         "native_dropout", "alpha_dropout", "narrow", "movedim", "as_strided", "index_select", "repeat",
-         "_reshape_alias", "sym_size", "scalar_tensor", "arange", "zeros", "ones", "full", "empty"}
+# ---------------------------------------------------------------- the op vocabulary
+# One vocabulary for the cost model (classify) and the pruning graph's channel walk
+# (graph/channel_ops.py): ATen op families by base name (see base_name: no namespace, no overload,
+# no in-place underscore), grouped by what the op does to a tensor.
+CONV = frozenset({"convolution", "_convolution", "conv1d", "conv2d", "conv3d", "mkldnn_convolution"})
+CONV_TRANSPOSE = frozenset({"conv_transpose1d", "conv_transpose2d", "conv_transpose3d"})
+LINEAR = frozenset({"linear", "addmm", "mm", "bmm", "matmul", "baddbmm"})  # with a weight: LINEAR, else MATMUL
+ATTENTION = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash_attention_for_cpu",
+                       "_scaled_dot_product_attention_math", "_scaled_dot_product_efficient_attention",
+                       "_scaled_dot_product_flash_attention"})
+BATCH_NORM = frozenset({"batch_norm", "_native_batch_norm_legit_no_training", "_native_batch_norm_legit",
+                        "native_batch_norm", "_batch_norm_impl_index", "cudnn_batch_norm", "instance_norm"})
+LAYER_NORM = frozenset({"layer_norm", "native_layer_norm", "rms_norm"})
+GROUP_NORM = frozenset({"group_norm", "native_group_norm"})
+SPATIAL = frozenset({"max_pool1d", "max_pool2d", "max_pool3d", "max_pool2d_with_indices", "avg_pool1d",
+                     "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
+                     "_adaptive_avg_pool2d", "adaptive_max_pool1d", "adaptive_max_pool2d", "upsample_nearest1d",
+                     "upsample_nearest2d", "upsample_nearest3d", "upsample_bilinear2d", "upsample_bicubic2d",
+                     "upsample_linear1d", "upsample_trilinear3d", "_upsample_nearest_exact2d",
+                     "_upsample_bilinear2d_aa"})
+REDUCE = frozenset({"mean", "sum", "amax", "amin", "max", "min", "var", "std", "logsumexp", "prod", "var_mean"})
+SOFTMAX = frozenset({"softmax", "log_softmax", "_softmax", "_log_softmax", "cumsum"})
+UNARY = frozenset({"relu", "gelu", "silu", "sigmoid", "tanh", "hardtanh", "hardswish", "hardsigmoid", "relu6",
+                   "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "abs", "neg", "clamp", "clamp_min",
+                   "clamp_max", "exp", "square", "erf", "log_sigmoid", "sqrt", "rsqrt", "sin", "cos", "logical_not",
+                   "bitwise_not", "sign", "round", "floor", "ceil", "trunc", "reciprocal", "log"})
+BINARY = frozenset({"add", "sub", "mul", "rsub", "maximum", "minimum", "where", "gt", "lt", "ge", "le", "eq", "ne",
+                    "masked_fill", "logical_and", "logical_or"})  # elementwise, broadcasting
+RESHAPE = frozenset({"view", "reshape", "_unsafe_view", "_reshape_alias", "flatten", "unflatten", "squeeze",
+                     "unsqueeze", "view_as", "reshape_as"})
+PERMUTE = frozenset({"permute", "transpose", "t", "movedim", "swapaxes", "swapdims"})
+JOIN = frozenset({"cat", "concat", "stack"})  # write one new tensor from several
+SPLIT = frozenset({"split", "split_with_sizes", "chunk", "unbind", "slice", "narrow", "select", "getitem"})
+# the same values, maybe a new buffer: no work an NPU compiler keeps
+PASS = frozenset({"clone", "contiguous", "alias", "detach", "dropout", "feature_dropout", "alpha_dropout",
+                  "native_dropout", "_to_copy", "to", "lift_fresh_copy", "type_as", "identity", "copy"})
+CREATE = frozenset({"zeros_like", "ones_like", "full_like", "empty_like", "rand_like", "randn_like", "new_empty",
+                    "scalar_tensor", "arange", "zeros", "ones", "full", "empty"})
+META = frozenset({"_assert_tensor_metadata", "_assert_async", "_assert_scalar", "sym_constrain_range_for_size",
+                  "sym_size"})
+# shape-only or free ops (cost nothing); JOIN / PERMUTE / COPYING move data (OpKind.MOVE)
+COPYING = frozenset({"repeat", "index_select", "channel_shuffle", "native_channel_shuffle", "roll", "flip"})
+_NORM = BATCH_NORM | LAYER_NORM | GROUP_NORM
+_POOL = SPATIAL | {"mean", "sum", "amax", "amin", "pixel_shuffle", "pixel_unshuffle"}  # vector unit, one pass
+_VIEW = RESHAPE | SPLIT | PASS | CREATE | META | {"expand", "expand_as", "as_strided"}
+_MOVE = JOIN | PERMUTE | COPYING
 
 
 def base_name(op: Any) -> str:
@@ -108,11 +134,11 @@ def base_name(op: Any) -> str:
 
 def classify(rec: OpRecord) -> OpKind:
     op = rec.op
-    if op in _CONV:
+    if op in CONV or op in CONV_TRANSPOSE:
         return OpKind.CONV
-    if op in _ATTENTION:
+    if op in ATTENTION:
         return OpKind.ATTENTION
-    if op in _LINEAR:
+    if op in LINEAR:
         return OpKind.LINEAR if any(t.param for t in rec.inputs) else OpKind.MATMUL
     if op in _NORM:
         return OpKind.NORM
@@ -120,4 +146,34 @@ def classify(rec: OpRecord) -> OpKind:
         return OpKind.POOL
     if op in _VIEW or not rec.outputs:
         return OpKind.VIEW
+    if op in _MOVE:  # a move of parameters only is folded into a constant
+        return OpKind.MOVE if rec.activations else OpKind.VIEW
     return OpKind.ELEMENTWISE
+
+
+def fold_linear_bias(records: list[OpRecord]) -> list[OpRecord]:
+    """One spelling of a biased linear layer, whichever tracer recorded it: a weighted matmul whose
+    output (through reshapes) gets a 1-D parameter added is one layer with a bias. ``linear`` on a
+    non-contiguous input (e.g. after a channels-last permute) runs as ``matmul`` then ``add`` at the
+    dispatch level while ``torch.export`` shows ``linear``; ``x @ w.t() + b`` is the same layer."""
+    out: list[OpRecord] = []
+    from_linear: dict[str, int] = {}  # tensor id -> index in ``out`` of the weighted matmul it views
+    rename: dict[str, str] = {}
+    for rec in records:
+        if rename:
+            rec = replace(rec, inputs=tuple(replace(t, id=rename.get(t.id, t.id)) for t in rec.inputs))
+        acts, params = rec.activations, [t for t in rec.inputs if t.param is not None]
+        if rec.op in LINEAR and params:
+            from_linear.update((t.id, len(out)) for t in rec.outputs)
+        elif rec.op in RESHAPE and len(acts) == 1 and acts[0].id in from_linear:
+            from_linear.update((t.id, from_linear[acts[0].id]) for t in rec.outputs)
+        elif rec.op == "add" and len(acts) == 1 and acts[0].id in from_linear and len(params) == 1 \
+                and len(params[0].shape) == 1 and rec.outputs and params[0].shape[0] == rec.outputs[0].shape[-1]:
+            i = from_linear[acts[0].id]
+            linear = out[i]
+            if len([t for t in linear.inputs if t.param is not None]) == 1:  # no bias yet: this is it
+                out[i] = replace(linear, inputs=(*linear.inputs, params[0]))
+                rename.update((t.id, acts[0].id) for t in rec.outputs if t.id != acts[0].id)
+                continue
+        out.append(rec)
+    return out

@@ -84,7 +84,7 @@ class Overhead:
     layer_cycles: int  # fixed cycles per executed layer (command setup, DMA start)
 
 
-OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "pool", "norm")
+OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "pool", "norm", "move")
 
 
 @dataclass(frozen=True)
@@ -104,6 +104,17 @@ class ClassEfficiency:
     overhead_cycles: float | None = None
 
 
+# Data movement (concat, transpose, materialising copies; ``ideal_cycles`` one vector pass over
+# the output) costs nothing unless a profile prices it: an NPU compiler writes a concat's inputs in
+# place and folds most layout changes into its neighbours' DMA.
+_CLASS_DEFAULTS = {"move": ClassEfficiency(compute_scale=0.0, elem_cycles=0.0, overhead_cycles=0.0)}
+
+
+def class_default(op_class: str) -> ClassEfficiency:
+    """The efficiency of ``op_class`` when a profile's ``[efficiency]`` says nothing of it."""
+    return _CLASS_DEFAULTS.get(op_class, ClassEfficiency())
+
+
 @dataclass(frozen=True)
 class Efficiency:
     """Per op class efficiency: ``[efficiency]`` keys ``<class>_compute_scale``, ``<class>_elem_cycles``,
@@ -112,14 +123,14 @@ class Efficiency:
     classes: tuple[tuple[str, ClassEfficiency], ...] = ()
 
     def of(self, op_class: str) -> ClassEfficiency:
-        return dict(self.classes).get(op_class, ClassEfficiency())
+        return dict(self.classes).get(op_class) or class_default(op_class)
 
     def flat(self) -> dict[str, float]:
         out: dict[str, float] = {}
         for name, eff in self.classes:
             for key in ("compute_scale", "elem_cycles", "overhead_cycles"):
                 value = getattr(eff, key)
-                if value is not None and value != getattr(ClassEfficiency(), key):
+                if value is not None and value != getattr(class_default(name), key):
                     out[f"{name}_{key}"] = value
         return out
 
@@ -233,11 +244,13 @@ def _parse_efficiency(where: str, body: dict[str, Any]) -> Efficiency:
     per_class: dict[str, dict[str, float]] = {}
     for key, v in body.items():
         op_class, field_name = keys[key]
-        number = float(_check_number(where, f"efficiency.{key}", v, float, positive=field_name == "compute_scale"))
+        positive = field_name == "compute_scale" and op_class != "move"  # a move may be priced per element only
+        number = float(_check_number(where, f"efficiency.{key}", v, float, positive=positive))
         if not math.isfinite(number):
             raise ProfileError(f"{where}: key 'efficiency.{key}' must be finite, got {v!r}")
         per_class.setdefault(op_class, {})[field_name] = number
-    return Efficiency(tuple((c, ClassEfficiency(**per_class[c])) for c in OP_CLASSES if c in per_class))
+    return Efficiency(tuple((c, dataclasses.replace(class_default(c), **per_class[c]))
+                            for c in OP_CLASSES if c in per_class))
 
 
 def _parse_section(where: str, name: str, body: Any) -> Any:

@@ -1,8 +1,9 @@
 """Measure the ``ort-cpu`` profile: fit the cost model to onnxruntime CPU micro-benchmarks (DESIGN §3).
 
-Single-layer ONNX graphs are built directly with ``onnx.helper`` (no torch export), timed with
-onnxruntime's CPUExecutionProvider (median of repeats after warm-up), and the cost model's
-parameters are fitted to minimise the relative error of its predictions:
+Two stages. First the peak rates: single-layer ONNX graphs built directly with ``onnx.helper``
+(no torch export), timed with onnxruntime's CPUExecutionProvider (median of repeats after warm-up;
+one thread: the calling thread's CPU time, so a busy machine does not inflate timings), and the
+cost model's parameters fitted to minimise the relative error of its predictions:
 
 - ``macs_per_cycle``, ``vector_ops_per_cycle``, ``layer_cycles``: least squares on relative
   residuals, and on log error (Gauss-Newton from there); the one with lower MAPE is kept, ``t = macs_pad/(macs_per_cycle*clock) + layer_cycles/clock`` for MAC layers
@@ -12,6 +13,11 @@ parameters are fitted to minimise the relative error of its predictions:
 - ``tile_out`` / ``tile_in``: the pair from {1, 2, 4, 8, 16, 32} whose padded-MAC staircase gives the lowest MAPE.
 - ``dram_bandwidth_bytes_per_s``: bytes moved / time of an elementwise Add larger than the last-level cache.
 - ``sram_bytes``: the last-level cache size read from sysfs (assumption: activations that fit stay cached).
+
+Then per op class (:mod:`.ort_probes`): which activations onnxruntime fuses into a conv (read from
+its optimised graphs: ``[fusion]``) and, from torch probe models of one layer each exported through
+our own ONNX path, ``[efficiency]`` per class (dense / depthwise / grouped conv, matmul,
+elementwise, pool, norm, move) fitted by :mod:`.efficiency_fit`.
 
 The per-``session.run`` Python/binding overhead is measured separately (a chain of N tiny Relus:
 the intercept over N) and subtracted from every single-layer timing, so ``layer_cycles`` is the
@@ -37,7 +43,9 @@ from typing import Any, Callable
 import numpy as np
 
 from .cost import layer_cost
+from .efficiency_fit import ClassFit, efficiency_of, fit_classes, mape
 from .layers import LayerSpec
+from .ort_probes import OrtSample
 from .ops import OpKind
 from .profile import (SCHEMA_VERSION, Compute, DType, HardwareProfile, Memory, Overhead, Sparsity, Tiling,
                       _toml_value)
@@ -179,22 +187,51 @@ def _session(model: Any, threads: int) -> Any:
 
 
 def median_run_seconds(session: Any, feeds: dict[str, np.ndarray], budget_s: float = 0.05,
-                       min_repeats: int = 5, max_repeats: int = 300) -> float:
-    """Median wall time of ``session.run`` (``time.perf_counter``), after warm-up, repeats within a time budget."""
+                       min_repeats: int = 5, max_repeats: int = 300, threads: int = 1) -> float:
+    """Median time of ``session.run`` after warm-up, repeats within a time budget. With one thread
+    onnxruntime computes on the calling thread and the clock is that thread's CPU time
+    (``time.thread_time``: time descheduled on a busy machine is not counted); else wall time."""
+    clock = time.thread_time if threads == 1 else time.perf_counter
     for _ in range(3):
         session.run(None, feeds)
     times: list[float] = []
     start = time.perf_counter()
     while len(times) < min_repeats or (len(times) < max_repeats and time.perf_counter() - start < budget_s):
-        t0 = time.perf_counter()
+        t0 = clock()
         session.run(None, feeds)
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return statistics.median(times)
+
+
+def net_run_seconds(session: Any, feeds: dict[str, np.ndarray], threads: int = 1, budget_s: float = 0.05,
+                    min_repeats: int = 15, max_repeats: int = 400) -> float:
+    """The time of ``session``'s ops alone: runs interleaved with runs of a one-op reference graph (a
+    Relu on 16 elements, whose op costs a negligible ~0.2 us), the median reference time subtracted
+    from the median run time. Interleaving puts both under the same machine load, so the per-run
+    overhead subtracted is the one the run actually paid (same clock as :func:`median_run_seconds`)."""
+    clock = time.thread_time if threads == 1 else time.perf_counter
+    ref_model, ref_feeds = _relu_chain(1)
+    ref = _session(ref_model, threads)
+    for _ in range(3):
+        session.run(None, feeds)
+        ref.run(None, ref_feeds)
+    runs: list[float] = []
+    refs: list[float] = []
+    start = time.perf_counter()
+    while len(runs) < min_repeats or (len(runs) < max_repeats and time.perf_counter() - start < budget_s):
+        t0 = clock()
+        session.run(None, feeds)
+        t1 = clock()
+        ref.run(None, ref_feeds)
+        t2 = clock()
+        runs.append(t1 - t0)
+        refs.append(t2 - t1)
+    return max(statistics.median(runs) - statistics.median(refs), 1e-8)
 
 
 def time_shape(shape: Shape, threads: int = 1, budget_s: float = 0.05) -> float:
     model, feeds = shape.graph()
-    return median_run_seconds(_session(model, threads), feeds, budget_s)
+    return median_run_seconds(_session(model, threads), feeds, budget_s, threads=threads)
 
 
 def run_overhead_seconds(threads: int = 1) -> tuple[float, float]:
@@ -203,17 +240,12 @@ def run_overhead_seconds(threads: int = 1) -> tuple[float, float]:
     ts = []
     for n in ns:
         model, feeds = _relu_chain(int(n))
-        ts.append(median_run_seconds(_session(model, threads), feeds, 0.05, min_repeats=50))
+        ts.append(median_run_seconds(_session(model, threads), feeds, 0.05, min_repeats=50, threads=threads))
     slope, intercept = np.polyfit(ns, np.array(ts), 1)
     return max(float(intercept), 0.0), max(float(slope), 0.0)
 
 
 # ---------------------------------------------------------------- statistics
-
-def mape(pred: np.ndarray, meas: np.ndarray) -> float:
-    """Mean absolute percentage error, in percent."""
-    return float(np.mean(np.abs(pred - meas) / meas) * 100)
-
 
 def _ranks(x: np.ndarray) -> np.ndarray:
     order = np.argsort(x, kind="mergesort")
@@ -256,11 +288,16 @@ class CalibrationReport:
     spearman: float
     run_overhead_s: float
     machine: dict[str, Any] = field(default_factory=dict)
+    class_fits: tuple[ClassFit, ...] = ()  # per op class, from the probes
+    class_samples: tuple[OrtSample, ...] = ()
+    skipped: tuple[str, ...] = ()  # probes that could not be paired with one layer
 
     def to_dict(self) -> dict[str, Any]:
         return {"profile": self.profile.to_dict(), "mape_pct": self.mape_pct, "spearman": self.spearman,
                 "run_overhead_s": self.run_overhead_s, "machine": self.machine,
-                "points": [dict(dataclasses.asdict(p), error_pct=p.error_pct) for p in self.points]}
+                "points": [dict(dataclasses.asdict(p), error_pct=p.error_pct) for p in self.points],
+                "class_fits": [dataclasses.asdict(f) for f in self.class_fits],
+                "class_samples": [dataclasses.asdict(x) for x in self.class_samples], "skipped": list(self.skipped)}
 
     def table(self) -> str:
         head = f"{'layer':<32} {'measured us':>11} {'predicted us':>12} {'error':>8}"
@@ -277,6 +314,18 @@ class CalibrationReport:
                  f"memory: dram {m.dram_bandwidth_bytes_per_s / 1e9:.2f} GB/s, sram {m.sram_bytes >> 20} MiB; "
                  f"run overhead {self.run_overhead_s * 1e6:.2f} us per session.run (subtracted)",
                  f"fit over {len(self.points)} layers: MAPE {self.mape_pct:.1f}%, Spearman {self.spearman:.3f}"]
+        if self.class_fits:
+            fusion = self.profile.fusion
+            rows += [f"fusion (onnxruntime's optimised graphs): {', '.join(fusion.activations) or 'none'} fused into "
+                     f"a conv; after an elementwise op: {'yes' if fusion.after_elementwise else 'no'}",
+                     f"{'class':<12}{'n':>4}{'compute_scale':>15}{'elem_cycles':>13}{'overhead':>10}"
+                     f"{'MAPE before':>13}{'after':>8}"]
+            for f in self.class_fits:
+                e = f.efficiency
+                rows.append(f"{f.op_class:<12}{f.samples:>4}{e.compute_scale:>15.3f}{e.elem_cycles:>13.3f}"
+                            f"{e.overhead_cycles or 0:>10.0f}{f.mape_before:>12.1f}%{f.mape_after:>7.1f}%")
+        if self.skipped:
+            rows.append("skipped: " + "; ".join(self.skipped))
         return "\n".join(rows)
 
 
@@ -386,9 +435,12 @@ def _timings(shapes: list[Shape], threads: int, overhead: float, progress: Progr
     return np.array(out)
 
 
-def calibrate_ort_cpu(threads: int = 1, quick: bool = False,
-                      progress: Progress | None = None) -> tuple[HardwareProfile, CalibrationReport]:
-    """Time the grid on onnxruntime CPU, fit the profile; return it with the fit report."""
+def calibrate_ort_cpu(threads: int = 1, quick: bool = False, progress: Progress | None = None,
+                      classes: bool = True) -> tuple[HardwareProfile, CalibrationReport]:
+    """Time the grid on onnxruntime CPU, fit the profile; with ``classes``, then measure fusion and fit
+    ``[efficiency]`` per op class on the probes. Returns the profile with the fit report."""
+    from .ort_probes import measure_fusion, probe_samples
+
     info = machine_info(threads)
     overhead, _ = run_overhead_seconds(threads)
     sram, sram_src = last_level_cache_bytes()
@@ -401,14 +453,34 @@ def calibrate_ort_cpu(threads: int = 1, quick: bool = False,
     all_shapes, all_meas = shapes + [bw_shape], np.append(meas, bw_time)
     pred = predict(all_shapes, fitted)
     err, rho = mape(pred, all_meas), spearman(pred, all_meas)
+    fits: list[ClassFit] = []
+    samples: list[OrtSample] = []
+    skipped: list[str] = []
+    if classes:
+        fitted = dataclasses.replace(fitted, fusion=measure_fusion())
+        budget = 0.02 if quick else 0.05
+
+        def timer(session: Any, feeds: dict[str, np.ndarray]) -> float:
+            return net_run_seconds(session, feeds, threads, budget)
+
+        samples, skipped = probe_samples(fitted, timer, quick, progress)
+        fits = fit_classes(samples, fitted.overhead.layer_cycles)
+        fitted = dataclasses.replace(fitted, efficiency=efficiency_of(fits))
     info.update(sram_source=sram_src, bandwidth_probe=bw_shape.label, quick=quick)
     desc = (f"onnxruntime {info['onnxruntime']} CPUExecutionProvider, fp32, {threads} thread(s), on "
             f"{info['cpu']} ({info['cores']} cores): a measured profile")
+    per_class = (f"; per-class fit over {len(samples)} probes: MAPE {_weighted_mape(fits):.1f}%" if fits else "")
     source = (f"measured: npu-compress profiles calibrate on {info['cpu']} ({info['cores']} cores), onnxruntime "
-              f"{info['onnxruntime']}, {info['date']}; fit MAPE {err:.1f}% over {len(all_shapes)} layers")
+              f"{info['onnxruntime']}, {info['date']}, thread CPU time; rate fit MAPE {err:.1f}% over "
+              f"{len(all_shapes)} layers{per_class}")
     profile = dataclasses.replace(fitted, description=desc, source=source)
     points = tuple(CalibrationPoint(s.label, s.kind, float(m), float(p)) for s, m, p in zip(all_shapes, all_meas, pred))
-    return profile, CalibrationReport(profile, points, err, rho, overhead, info)
+    return profile, CalibrationReport(profile, points, err, rho, overhead, info, tuple(fits), tuple(samples),
+                                      tuple(skipped))
+
+
+def _weighted_mape(fits: list[ClassFit]) -> float:
+    return sum(f.mape_after * f.samples for f in fits) / max(sum(f.samples for f in fits), 1)
 
 
 # ---------------------------------------------------------------- TOML with sources
@@ -448,6 +520,23 @@ def profile_toml(profile: HardwareProfile, report: CalibrationReport) -> str:
         "", "[overhead]",
         ("layer_cycles", profile.overhead.layer_cycles, f"{fit} (intercept: fixed per-op cost)"),
     ]
+    if report.class_fits:
+        version = info.get("onnxruntime", "?")
+        lines += ["", "[fusion]",
+                  ("activations", list(profile.fusion.activations),
+                   f"measured: ops onnxruntime {version} folds into a conv (FusedConv), read from its optimised "
+                   "graphs"),
+                  ("after_elementwise", profile.fusion.after_elementwise,
+                   f"measured: whether onnxruntime {version} folds a ReLU into a residual add"),
+                  "", "[efficiency]",
+                  f"# measured: per op class, {len(report.class_samples)} one-layer probe models exported through "
+                  f"npu_compress's ONNX path, onnxruntime {version} thread CPU time (ort_probes.py)"]
+        for f in report.class_fits:
+            src = f"measured: {f.samples} {f.op_class} probes; MAPE {f.mape_before:.1f}% -> {f.mape_after:.1f}%"
+            e = f.efficiency
+            lines += [(f"{f.op_class}_compute_scale", e.compute_scale, src),
+                      (f"{f.op_class}_elem_cycles", e.elem_cycles, src),
+                      (f"{f.op_class}_overhead_cycles", e.overhead_cycles, src)]
     out = []
     for item in lines:
         if isinstance(item, str):

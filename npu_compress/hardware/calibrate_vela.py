@@ -25,13 +25,12 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from torch import nn
 
-from .calibrate import mape
-from .cost import layer_cost, op_class, trace_layers
-from .profile import OP_CLASSES, ClassEfficiency, Efficiency, HardwareProfile
+from .cost import op_class, trace_layers
+from .efficiency_fit import ClassFit, efficiency_of, fit_classes, ideal_cycles
+from .profile import HardwareProfile
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -126,14 +125,9 @@ class Sample:
     def ideal(self, tile_in: int) -> float:
         return dict(self.ideal_by_tile_in).get(tile_in, self.ideal_cycles)
 
-
-@dataclass
-class ClassFit:
-    op_class: str
-    efficiency: ClassEfficiency
-    samples: int
-    mape_before: float  # peak-rate model vs Vela's compute cycles, percent
-    mape_after: float
+    @property
+    def measured_cycles(self) -> float:  # what the fit matches: Vela's compute cycles
+        return float(self.vela_npu_cycles)
 
 
 @dataclass
@@ -176,57 +170,15 @@ def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
         return []
     out = []
     for spec, op in zip(layers, vela):
-        by_tile = tuple((t, _ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
-        out.append(Sample(probe.label, op_class(spec), op.original, _ideal_cycles(spec, profile), spec.out_elems,
+        by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
+        out.append(Sample(probe.label, op_class(spec), op.original, ideal_cycles(spec, profile), spec.out_elems,
                           op.npu_cycles, op.cycles, by_tile))
     return out
 
 
-def _ideal_cycles(spec, profile: HardwareProfile, tile_in: int | None = None) -> float:
-    """The peak-rate compute cycles of a layer (no [efficiency]), at ``tile_in`` if given."""
-    tiling = profile.tiling if tile_in is None else dataclasses.replace(profile.tiling, tile_in=tile_in)
-    plain = dataclasses.replace(profile, efficiency=Efficiency(), tiling=tiling)
-    return layer_cost(spec, plain).t_compute_s * profile.compute.clock_hz
-
-
-def _fit_roofline(ideal: np.ndarray, elems: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """``y ~ max(a * ideal, b * elems) + c`` with a > 0, b >= 0, c >= 0, least squares on relative error
-    (every operator counts alike, small or large): a log grid over (a, b), c in closed form, then a
-    finer grid around the best."""
-    w2 = 1.0 / np.maximum(y, 1.0) ** 2
-
-    def best_on(a_grid: np.ndarray, b_grid: np.ndarray) -> tuple[float, float, float, float]:
-        p0 = np.maximum(a_grid[:, None, None] * ideal, b_grid[None, :, None] * elems)  # (A, B, n)
-        c = np.maximum(((y - p0) * w2).sum(axis=2) / w2.sum(), 0.0)  # (A, B)
-        err = (((p0 + c[..., None] - y) ** 2) * w2).sum(axis=2)
-        i, j = np.unravel_index(np.argmin(err), err.shape)
-        return float(a_grid[i]), float(b_grid[j]), float(c[i, j]), float(err[i, j])
-
-    a, b, c, _ = best_on(np.logspace(-2, 2, 161), np.concatenate([[0.0], np.logspace(-2, 1.5, 141)]))
-    fine = np.linspace(0.9, 1.1, 41)
-    a, b, c, _ = best_on(a * fine, b * fine if b > 0 else np.array([0.0]))
-    return a, b, c
-
-
 def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
-    """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's); classes
-    without enough samples keep the peak-rate model."""
-    fits = []
-    tile = tile_in or profile.tiling.tile_in
-    base_overhead = profile.overhead.layer_cycles
-    for c in OP_CLASSES:
-        rows = [s for s in samples if s.op_class == c]
-        if len(rows) < 3:
-            continue
-        ideal = np.array([s.ideal(tile) for s in rows])
-        elems = np.array([float(s.out_elems) for s in rows])
-        y = np.array([float(s.vela_npu_cycles) for s in rows])
-        a, b, k = (float(f"{v:.4g}") for v in _fit_roofline(ideal, elems, y))  # as the TOML holds them
-        eff = ClassEfficiency(max(a, 1e-3), b, k)
-        after = np.maximum(eff.compute_scale * ideal, b * elems) + k
-        before = np.array([s.ideal_cycles for s in rows]) + base_overhead
-        fits.append(ClassFit(c, eff, len(rows), mape(before, y), mape(after, y)))
-    return fits
+    """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's)."""
+    return fit_classes(samples, profile.overhead.layer_cycles, tile_in or profile.tiling.tile_in)
 
 
 def best_tile_in(samples: list[Sample], profile: HardwareProfile) -> tuple[int, dict[int, float]]:
@@ -270,7 +222,7 @@ def calibrate_vela(profile: HardwareProfile, quick: bool = False, progress: Prog
         samples += paired
     tile_in, tile_errors = best_tile_in(samples, profile)
     fits = fit(samples, profile, tile_in)
-    efficiency = Efficiency(tuple((f.op_class, f.efficiency) for f in fits))
+    efficiency = efficiency_of(fits)
     calibration = VelaCalibration(tool.vela_accelerator, version("ethos-u-vela"), samples, fits, skipped, tile_in,
                                   tile_errors)
     tiling = dataclasses.replace(profile.tiling, tile_in=tile_in)

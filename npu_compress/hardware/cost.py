@@ -11,11 +11,13 @@ Per layer, channels padded to the profile's tiles::
 A layer's activations spill when its input plus output activations exceed ``sram_bytes``.
 Depthwise convs pad only the output channels (one input channel per output).
 A profile's optional ``[efficiency]`` refines ``t_compute`` and the overhead per op class
-(conv, depthwise, grouped, matmul, elementwise, pool, norm), as fitted to the chip's compiler::
+(conv, depthwise, grouped, matmul, elementwise, activation, pool, norm, move), as fitted to the chip's compiler::
 
     t_compute = max(compute_scale * t_compute, elem_cycles * output_elements / clock_hz)
     latency   = max(t_compute, t_memory) + overhead_cycles / clock_hz
-Fused layers (see :mod:`.layers`) cost nothing.
+Fused layers (see :mod:`.layers`) cost nothing: batch norm folded into a conv always, an activation
+in the output stage of the layer before it where the profile's ``[fusion]`` says the compiler does
+that (every one by default). Data movement (``move``: concat, transpose) is free unless priced.
 
 Example::
 
@@ -34,7 +36,7 @@ from torch import nn
 
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
-from .ops import OpKind, OpRecord
+from .ops import TRANSCENDENTAL, OpKind, OpRecord
 from .profile import HardwareProfile, class_default, load_profile
 
 # Vector-unit element operations per output element, by op (assumption: simple per-element
@@ -176,6 +178,8 @@ def op_class(spec: LayerSpec) -> str:
         return "depthwise" if spec.depthwise else "grouped" if spec.groups > 1 else "conv"
     if spec.kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.ATTENTION):
         return "matmul"
+    if spec.kind == OpKind.ELEMENTWISE and spec.op in TRANSCENDENTAL:
+        return "activation"
     return {OpKind.POOL: "pool", OpKind.NORM: "norm", OpKind.MOVE: "move"}.get(spec.kind, "elementwise")
 
 
@@ -186,9 +190,10 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     macs_pad = round(macs_pad * _compute_fraction(profile, fmt))
     wbytes = weight_bytes(spec, profile, fmt)
     eff = profile.efficiency.of(op_class(spec))
-    if spec.fused or (spec.kind == OpKind.MOVE and eff == class_default("move")):
+    fused = spec.fused and (not spec.fused_into or profile.fusion.fuses(spec.op, spec.fused_into))
+    if fused or (spec.kind == OpKind.MOVE and eff == class_default("move")):
         return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
-                         0.0, 0.0, 0.0, "fused" if spec.fused else "free")
+                         0.0, 0.0, 0.0, "fused" if fused else "free")
     act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes
     spilled = act_bytes if act_bytes > profile.memory.sram_bytes else 0
     if spec.kind.uses_mac_array:

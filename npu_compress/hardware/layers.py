@@ -42,6 +42,7 @@ class LayerSpec:
     in_elems: int = 0  # activation elements read
     out_elems: int = 0  # activation elements written
     fused: bool = False
+    fused_into: str = ""  # a fused elementwise op: the kind of layer it runs in, "mac" | "elementwise"
 
     @property
     def weight_count(self) -> int:
@@ -159,7 +160,10 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
             # unary activations also run in an elementwise op's output stage
             fused = (rec.op in _FOLDABLE_NORMS and src in ("mac", "fused")) or \
                     (kind == OpKind.ELEMENTWISE and src in ("mac", "fused", "elementwise"))
-            layers.append(spec_from_record(rec, fused=fused))
+            spec = spec_from_record(rec, fused=fused)
+            if fused and kind == OpKind.ELEMENTWISE:  # whether it is free is the profile's call ([fusion])
+                spec = dataclasses.replace(spec, fused_into="elementwise" if src == "elementwise" else "mac")
+            layers.append(spec)
             tag = "mac" if kind.uses_mac_array else "fused" if fused else \
                 "elementwise" if kind == OpKind.ELEMENTWISE else "other"
         for t in rec.outputs:

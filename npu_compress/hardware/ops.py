@@ -97,6 +97,11 @@ UNARY = frozenset({"relu", "gelu", "silu", "sigmoid", "tanh", "hardtanh", "hards
                    "leaky_relu", "elu", "selu", "celu", "mish", "softplus", "abs", "neg", "clamp", "clamp_min",
                    "clamp_max", "exp", "square", "erf", "log_sigmoid", "sqrt", "rsqrt", "sin", "cos", "logical_not",
                    "bitwise_not", "sign", "round", "floor", "ceil", "trunc", "reciprocal", "log"})
+# elementwise ops a runtime computes with a polynomial or a table, not one instruction (kernels of
+# their own on a CPU runtime: several times a ReLU's cost)
+TRANSCENDENTAL = frozenset({"gelu", "silu", "sigmoid", "tanh", "hardswish", "elu", "selu", "celu", "mish",
+                            "softplus", "exp", "erf", "log_sigmoid", "sin", "cos", "log", "rsqrt", "sqrt",
+                            "reciprocal", "softmax", "log_softmax", "_softmax", "_log_softmax"})
 BINARY = frozenset({"add", "sub", "mul", "rsub", "maximum", "minimum", "where", "gt", "lt", "ge", "le", "eq", "ne",
                     "masked_fill", "logical_and", "logical_or"})  # elementwise, broadcasting
 RESHAPE = frozenset({"view", "reshape", "_unsafe_view", "_reshape_alias", "flatten", "unflatten", "squeeze",

@@ -84,7 +84,7 @@ class Overhead:
     layer_cycles: int  # fixed cycles per executed layer (command setup, DMA start)
 
 
-OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "pool", "norm", "move")
+OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "activation", "pool", "norm", "move")
 
 
 @dataclass(frozen=True)
@@ -110,8 +110,14 @@ class ClassEfficiency:
 _CLASS_DEFAULTS = {"move": ClassEfficiency(compute_scale=0.0, elem_cycles=0.0, overhead_cycles=0.0)}
 
 
+# a class a profile does not fit falls back to a broader one: transcendental activations (GELU,
+# sigmoid, softmax ...) run like any elementwise op unless measured apart
+_CLASS_FALLBACK = {"activation": "elementwise"}
+
+
 def class_default(op_class: str) -> ClassEfficiency:
-    """The efficiency of ``op_class`` when a profile's ``[efficiency]`` says nothing of it."""
+    """The efficiency of ``op_class`` when a profile's ``[efficiency]`` says nothing of it (or of the
+    class it falls back to)."""
     return _CLASS_DEFAULTS.get(op_class, ClassEfficiency())
 
 
@@ -123,7 +129,10 @@ class Efficiency:
     classes: tuple[tuple[str, ClassEfficiency], ...] = ()
 
     def of(self, op_class: str) -> ClassEfficiency:
-        return dict(self.classes).get(op_class) or class_default(op_class)
+        classes = dict(self.classes)
+        if op_class not in classes and op_class in _CLASS_FALLBACK:
+            op_class = _CLASS_FALLBACK[op_class]
+        return classes.get(op_class) or class_default(op_class)
 
     def flat(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -133,6 +142,23 @@ class Efficiency:
                 if value is not None and value != getattr(class_default(name), key):
                     out[f"{name}_{key}"] = value
         return out
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """Which single-input elementwise ops (activations, scalings) the chip's compiler runs in the output
+    stage of the layer before them, at no cost (optional section ``[fusion]``). NPU compilers fuse
+    them all (the default); a CPU runtime fuses a few into a conv or GEMM and runs the rest, GELU and
+    SiLU's sigmoid among them, as kernels of their own. Batch norm after a conv is always folded."""
+
+    activations: tuple[str, ...] = ("*",)  # ATen base names (hardware/ops.py); "*": every such op
+    after_elementwise: bool = True  # also into an unfused elementwise op (residual add then ReLU: one op)
+
+    def fuses(self, op: str, into: str) -> bool:
+        """Whether ``op`` runs free in the output stage of a layer of kind ``into`` ("mac" | "elementwise")."""
+        if into == "elementwise" and not self.after_elementwise:
+            return False
+        return "*" in self.activations or op in self.activations
 
 
 @dataclass(frozen=True)
@@ -164,6 +190,7 @@ class HardwareProfile:
     overhead: Overhead
     toolchain: Toolchain = Toolchain()
     efficiency: Efficiency = Efficiency()
+    fusion: Fusion = Fusion()
 
     @property
     def peak_macs_per_s(self) -> float:
@@ -180,7 +207,7 @@ class HardwareProfile:
         out: dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if isinstance(v, (Toolchain, Efficiency)) and v == type(v)():
+            if isinstance(v, (Toolchain, Efficiency, Fusion)) and v == type(v)():
                 continue  # an optional section, absent
             if isinstance(v, Efficiency):
                 out[f.name] = v.flat()
@@ -219,15 +246,17 @@ def _toml_value(v: Any) -> str:
 
 _SECTIONS: dict[str, type] = {
     "compute": Compute, "tiling": Tiling, "memory": Memory, "sparsity": Sparsity, "overhead": Overhead,
-    "toolchain": Toolchain, "efficiency": Efficiency,
+    "toolchain": Toolchain, "efficiency": Efficiency, "fusion": Fusion,
 }
-_OPTIONAL_SECTIONS = ("toolchain", "efficiency")
+_OPTIONAL_SECTIONS = ("toolchain", "efficiency", "fusion")
 _TOP = ("schema_version", "name", "description", "source")
 
 
 def _check_number(where: str, key: str, v: Any, kind: type, positive: bool = True) -> Any:
     if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int)):
         raise ProfileError(f"{where}: key '{key}' must be {'an integer' if kind is int else 'a number'}, got {v!r}")
+    if not math.isfinite(v):  # TOML's inf / nan, or 1e400 (read as inf)
+        raise ProfileError(f"{where}: key '{key}' must be a finite number, got {v!r}")
     if positive and not v > 0:
         raise ProfileError(f"{where}: key '{key}' must be > 0, got {v!r}")
     if not positive and v < 0:
@@ -292,7 +321,18 @@ def _parse_value(where: str, qual: str, key: str, v: Any) -> Any:
             if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
                 raise ProfileError(f"{where}: key '{qual}' entry {x!r} is not 'N:M' with 0 < N < M")
         return tuple(v)
-    if key in ("block_skip",):
+    if key == "activations":
+        from .ops import BINARY, UNARY
+
+        known = UNARY | BINARY | {"div", "pow", "*"}
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ProfileError(f"{where}: key '{qual}' must be a list of op names, got {v!r}")
+        bad = [x for x in v if x not in known]
+        if bad:
+            raise ProfileError(f"{where}: key '{qual}' names {bad[0]!r}, not an elementwise op; use ATen base names "
+                               f"such as relu, gelu, sigmoid, mul, or \"*\" for all")
+        return tuple(v)
+    if key in ("block_skip", "after_elementwise"):
         if not isinstance(v, bool):
             raise ProfileError(f"{where}: key '{qual}' must be true or false, got {v!r}")
         return v

@@ -36,7 +36,7 @@ from torch import nn
 
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
-from .ops import TRANSCENDENTAL, OpKind, OpRecord
+from .ops import TRANSCENDENTAL, OpKind, OpRecord, canonical
 from .profile import HardwareProfile, class_default, load_profile
 
 # Vector-unit element operations per output element, by op (assumption: simple per-element
@@ -189,7 +189,7 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     macs, macs_pad = padded_macs(spec, profile)
     macs_pad = round(macs_pad * _compute_fraction(profile, fmt))
     wbytes = weight_bytes(spec, profile, fmt)
-    eff = profile.efficiency.of(op_class(spec))
+    eff = profile.efficiency.of(op_class(spec), canonical(spec.op))
     fused = spec.fused and (not spec.fused_into or profile.fusion.fuses(spec.op, spec.fused_into))
     if fused or (spec.kind == OpKind.MOVE and eff == class_default("move")):
         return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,

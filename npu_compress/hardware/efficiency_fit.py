@@ -20,7 +20,7 @@ import numpy as np
 
 from .cost import layer_cost
 from .layers import LayerSpec
-from .profile import OP_CLASSES, ClassEfficiency, Efficiency, HardwareProfile
+from .profile import OP_CLASSES, ClassEfficiency, Efficiency, HardwareProfile, efficiency_names
 
 MIN_SAMPLES = 3  # a class with fewer keeps the peak-rate model
 
@@ -80,13 +80,20 @@ def fit_roofline(ideal: np.ndarray, elems: np.ndarray, y: np.ndarray) -> tuple[f
     return a, b, c
 
 
+PER_OP_CLASSES = ("elementwise", "activation")  # classes whose ops may be fitted one by one
+
+
 def fit_classes(samples: Sequence[ClassSample], base_overhead: float, tile_in: int | None = None,
-                classes: Sequence[str] = OP_CLASSES) -> list[ClassFit]:
+                classes: Sequence[str] = OP_CLASSES, per_op: bool = False) -> list[ClassFit]:
     """Per op class: efficiency from the samples at ``tile_in`` (default: the samples' own ideal cycles);
-    classes without :data:`MIN_SAMPLES` samples keep the peak-rate model."""
+    classes without :data:`MIN_SAMPLES` samples keep the peak-rate model. ``per_op``: also fit each
+    elementwise / activation op with enough samples of its own (samples need an ``op``)."""
+    groups = [(c, [s for s in samples if s.op_class == c]) for c in classes]
+    if per_op:
+        ops = dict.fromkeys(s.op for s in samples if s.op_class in PER_OP_CLASSES)
+        groups += [(op, [s for s in samples if s.op_class in PER_OP_CLASSES and s.op == op]) for op in ops]
     fits = []
-    for c in classes:
-        rows = [s for s in samples if s.op_class == c]
+    for c, rows in groups:
         if len(rows) < MIN_SAMPLES:
             continue
         ideal = np.array([s.ideal(tile_in) if tile_in else s.ideal_cycles for s in rows])
@@ -101,7 +108,9 @@ def fit_classes(samples: Sequence[ClassSample], base_overhead: float, tile_in: i
 
 
 def efficiency_of(fits: Sequence[ClassFit]) -> Efficiency:
-    return Efficiency(tuple((f.op_class, f.efficiency) for f in fits))
+    """The ``[efficiency]`` of these fits, in the order a profile file lists them."""
+    order = {name: i for i, name in enumerate(efficiency_names())}
+    return Efficiency(tuple((f.op_class, f.efficiency) for f in sorted(fits, key=lambda f: order[f.op_class])))
 
 
 __all__ = ["ClassFit", "ClassSample", "efficiency_of", "fit_classes", "fit_roofline", "ideal_cycles", "mape"]

@@ -124,6 +124,15 @@ _VIEW = RESHAPE | SPLIT | PASS | CREATE | META | {"expand", "expand_as", "as_str
 _MOVE = JOIN | PERMUTE | COPYING
 
 
+# one name for ops the two tracers spell differently (dispatch level: aten._softmax; export: softmax)
+_ALIASES = {"_softmax": "softmax", "_log_softmax": "log_softmax"}
+
+
+def canonical(name: str) -> str:
+    """The one name of an op family for pricing (``_softmax`` -> ``softmax``)."""
+    return _ALIASES.get(name, name)
+
+
 def base_name(op: Any) -> str:
     """The op's family name: ``aten.conv2d.default`` -> ``conv2d``, ``aten.relu_`` -> ``relu``."""
     packet = getattr(op, "overloadpacket", None)

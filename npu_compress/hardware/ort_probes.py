@@ -32,6 +32,7 @@ from torch import nn
 from .cost import layer_cost, op_class, trace_layers
 from .efficiency_fit import ideal_cycles
 from .layers import LayerSpec
+from .ops import canonical
 from .profile import Fusion, HardwareProfile
 
 Progress = Callable[[int, int, str], None]
@@ -146,7 +147,7 @@ def class_probes(quick: bool = False) -> list[Probe]:
                              ((4, 49, 32), (6, 196, 64), (3, 196, 64), (8, 64, 16), (12, 197, 64))):
         out.append(Probe(f"matmul {heads}x{length}x{d}",
                          lambda h=heads, n=length, d=d: _WithConstant("matmul", (1, h, d, n)), (1, heads, length, d)))
-    elems = ((16, 28), (64, 56)) if quick else ((16, 8), (16, 28), (64, 28), (64, 56), (128, 56), (32, 112))
+    elems = ((16, 8), (16, 28), (64, 56)) if quick else ((16, 8), (16, 28), (64, 28), (64, 56), (128, 56), (32, 112))
     unary = {"relu": torch.relu, "gelu": nn.functional.gelu, "sigmoid": torch.sigmoid,
              "hardswish": nn.functional.hardswish, "softmax": lambda x: torch.softmax(x, dim=-1)}
     for (c, hw), (name, fn) in itertools.product(elems, unary.items()):
@@ -262,7 +263,8 @@ def probe_samples(profile: HardwareProfile, time_fn: Callable[[Any, dict[str, np
         session = _session(_onnx(model, probe.input_shape))
         seconds = time_fn(session, feeds_for(session, probe.input_shape))
         spec = dataclasses.replace(layers[0], fused=False, fused_into="")
-        samples.append(OrtSample(probe.label, op_class(spec), spec.op, ideal_cycles(spec, profile), spec.out_elems,
+        samples.append(OrtSample(probe.label, op_class(spec), canonical(spec.op), ideal_cycles(spec, profile),
+                                 spec.out_elems,
                                  seconds, profile.compute.clock_hz))
     return samples, skipped
 

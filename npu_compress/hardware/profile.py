@@ -128,8 +128,12 @@ class Efficiency:
 
     classes: tuple[tuple[str, ClassEfficiency], ...] = ()
 
-    def of(self, op_class: str) -> ClassEfficiency:
+    def of(self, op_class: str, op: str | None = None) -> ClassEfficiency:
+        """The efficiency of an op: its own entry (elementwise ops measured one by one), else its
+        class's, else the class it falls back to, else the peak-rate model."""
         classes = dict(self.classes)
+        if op is not None and op in classes:
+            return classes[op]
         if op_class not in classes and op_class in _CLASS_FALLBACK:
             op_class = _CLASS_FALLBACK[op_class]
         return classes.get(op_class) or class_default(op_class)
@@ -264,12 +268,23 @@ def _check_number(where: str, key: str, v: Any, kind: type, positive: bool = Tru
     return v
 
 
+def efficiency_names() -> tuple[str, ...]:
+    """What ``[efficiency]`` keys may start with: an op class, or one elementwise op (its ATen base
+    name) where a judge shows ops of one class cost differently (a GELU is 4x a ReLU on a CPU)."""
+    from .ops import _ALIASES, BINARY, SOFTMAX, TRANSCENDENTAL, UNARY
+
+    ops = (UNARY | BINARY | TRANSCENDENTAL | SOFTMAX) - set(OP_CLASSES) - set(_ALIASES)
+    return OP_CLASSES + tuple(sorted(ops))
+
+
 def _parse_efficiency(where: str, body: dict[str, Any]) -> Efficiency:
-    keys = {f"{c}_{k}": (c, k) for c in OP_CLASSES for k in ("compute_scale", "elem_cycles", "overhead_cycles")}
+    names = efficiency_names()
+    keys = {f"{c}_{k}": (c, k) for c in names for k in ("compute_scale", "elem_cycles", "overhead_cycles")}
     unknown = sorted(set(body) - set(keys))
     if unknown:
-        raise ProfileError(f"{where}: unknown key 'efficiency.{unknown[0]}'; allowed: <class>_compute_scale, "
-                           f"<class>_elem_cycles, <class>_overhead_cycles for class in {', '.join(OP_CLASSES)}")
+        raise ProfileError(f"{where}: unknown key 'efficiency.{unknown[0]}'; allowed: <name>_compute_scale, "
+                           f"<name>_elem_cycles, <name>_overhead_cycles for name an op class "
+                           f"({', '.join(OP_CLASSES)}) or an elementwise op such as gelu")
     per_class: dict[str, dict[str, float]] = {}
     for key, v in body.items():
         op_class, field_name = keys[key]
@@ -279,7 +294,7 @@ def _parse_efficiency(where: str, body: dict[str, Any]) -> Efficiency:
             raise ProfileError(f"{where}: key 'efficiency.{key}' must be finite, got {v!r}")
         per_class.setdefault(op_class, {})[field_name] = number
     return Efficiency(tuple((c, dataclasses.replace(class_default(c), **per_class[c]))
-                            for c in OP_CLASSES if c in per_class))
+                            for c in names if c in per_class))
 
 
 def _parse_section(where: str, name: str, body: Any) -> Any:

@@ -1,18 +1,26 @@
 """``npu-compress``: a thin command line over the library's verbs.
 
-Every bad input ends as one line on stderr and exit code 2; nothing is half-written.
+Every bad input (arguments, files, data, a training that diverges) ends as one line on stderr and
+exit code 2, before any work where it can be known up front (output paths included); an
+unexpected failure is one line and exit code 1 (``--debug`` shows its traceback); SIGINT / SIGTERM
+exit 130 / 143. Nothing is half-written: outputs appear whole or not at all.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import math
+import os
 from pathlib import Path
 import logging
+import signal
 import sys
-from typing import Callable, Sequence
+import traceback
+from typing import Callable, Iterator, Sequence
 
 from . import __version__
-from .distributed import is_rank0
+from .distributed import check_launch, init_from_env, is_rank0
 from .errors import NpuCompressError
 from .export.agreement import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
 from .export.quantize import CalibrationMethod, Precision
@@ -20,7 +28,8 @@ from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
 from .pruners import PRUNERS
 from .training import OptimizerKind
 
-EXIT_BAD_INPUT = 2
+EXIT_BAD_INPUT = 2  # the user can fix it: the message says what
+EXIT_INTERNAL = 1  # anything else (a bug, or a library failing): one line, the traceback with --debug
 DEMO_MODEL = "digits-cnn"
 
 
@@ -38,6 +47,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     if not args.output:
         raise NpuCompressError("'profiles calibrate' needs -o/--output, e.g. -o hw_profiles/ort-cpu.toml")
+    # -o may be the --vela profile itself: recalibrating a profile in place is a documented workflow
+    _check_outputs({"-o/--output": args.output, "--json": args.json}, [])
     if args.vela:
         return _cmd_calibrate_vela(args)
     if args.provider != "cpu":
@@ -109,8 +120,14 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from .training import Epochs, OptimizerKind, TrainConfig
 
     if args.distributed:
-        dist.init_process_group("gloo")  # rank / world size / master address from torchrun's environment
+        check_launch()
     output = Path(args.output)
+    if _rank_from_env() == 0:  # only rank 0 writes: it checks, before any work
+        _check_outputs({"-o/--output": output, "--json": args.json,
+                        "the progress file": output.with_name(output.name + ".progress") if output.name else None},
+                       _input_files(args.model, args.data, args.profile))
+    if args.distributed:
+        init_from_env()  # rank / world size / master address from torchrun's environment
     config = TrainConfig(Epochs.parse(args.epochs), optimizer=OptimizerKind(args.optimizer), lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                          checkpoint=output.with_name(output.name + ".progress"), resume=args.resume)
@@ -129,6 +146,40 @@ def _cmd_prune(args: argparse.Namespace) -> int:
             write_atomic(args.json, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
         print(_prune_table(report, output))
     return 0
+
+
+def _rank_from_env() -> int:
+    """This process's rank as torchrun set it (0 outside torchrun), known before the group is joined."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def _input_files(*specs: str | None) -> list[Path]:
+    """The files among the inputs named on the command line: a .npz / .toml / .pt2 / checkpoint path,
+    or the file of a 'file.py:factory' model spec (zoo names, 'digits' and modules are not files)."""
+    files = []
+    for spec in specs:
+        if not spec:
+            continue
+        for candidate in (spec, spec.rsplit(":", 1)[0]):
+            if os.path.isfile(candidate):
+                files.append(Path(candidate))
+                break
+    return files
+
+
+def _check_outputs(outputs: dict[str, str | Path | None], inputs: Sequence[Path]) -> None:
+    """Before any work: every output writable and none of them an input, nor two of them one file."""
+    from .io import OutputError, check_output, same_file
+
+    given = [(flag, Path(path)) for flag, path in outputs.items() if path is not None]
+    for i, (flag, path) in enumerate(given):
+        check_output(path, inputs, flag)
+        for other_flag, other in given[:i]:
+            if same_file(path, other):
+                raise OutputError(f"{flag} '{path}' and {other_flag} '{other}' are the same file; give two paths")
 
 
 def _shape(text: str | None):
@@ -160,12 +211,11 @@ def _prune_table(r: dict, output: Path) -> str:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import Calibration, IntGate
-    from .io import check_writable, write_atomic
+    from .io import write_atomic
 
     calibration = Calibration(args.calibrate, args.calibration)
     gate = IntGate(args.min_agreement, args.max_drop, args.verify_samples)
-    if args.json:
-        check_writable(args.json)
+    _check_outputs({"-o/--output": args.output, "--json": args.json}, _input_files(args.checkpoint, args.data))
     if args.target == "ethos-u":
         from .export.ethos_u import export_ethos_u
 
@@ -192,11 +242,19 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .export import export_onnx
+    from .io import check_writable
     from .pruning import prune
     from .training import Epochs, TrainConfig
 
     out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if out.exists() and not out.is_dir():
+        raise NpuCompressError(f"--output-dir '{out}' exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise NpuCompressError(f"--output-dir '{out}': cannot create it ({e.strerror})") from None
+    for suffix in (".ckpt", ".onnx"):
+        check_writable(out / f"{DEMO_MODEL}{suffix}")
     profile = load_profile(args.profile)
     print(f"npu-compress {__version__} demo: '{DEMO_MODEL}' on the bundled 8x8 digits, SMART to {args.budget} "
           f"on '{profile.name}' (torch {torch.__version__})\n")
@@ -209,11 +267,70 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+class UsageError(NpuCompressError, ValueError):
+    """A command-line argument is missing or invalid (argparse's complaint, as one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are raised as :class:`UsageError` (one line, exit code 2, no usage block);
+    subcommands inherit it."""
+
+    def error(self, message: str):
+        raise UsageError(f"{self.prog}: error: {_one_line(message)} (see '{self.prog} --help')")
+
+
+def _positive_float(text: str) -> float:
+    value = _float(text)
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got '{text}'")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = _float(text)
+    if not 0 <= value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got '{text}'")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got '{text}'") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got '{text}'")
+    return value
+
+
+def _prune_epochs(text: str) -> str:
+    """W,M,F with at least one epoch for the pruner (mask learning or fine-tune); kept as text."""
+    from .training import Epochs
+
+    try:
+        epochs = Epochs.parse(text)
+    except NpuCompressError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    if epochs.mask + epochs.finetune < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' leaves the pruner no epoch: mask learning + fine-tune (M + F "
+                                         "of W,M,F) must be at least 1, e.g. 2,6,2")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="npu-compress", description="Prune PyTorch models to an NPU's latency or "
-                                "memory budget and export verified ONNX.")
+    p = _Parser(prog="npu-compress", description="Prune PyTorch models to an NPU's latency or memory budget and "
+                "export verified ONNX.", epilog="Exit codes: 0 done; 2 bad input (one line on stderr says what); "
+                "1 unexpected failure (--debug shows the traceback); 130/143 interrupted / terminated.")
     p.add_argument("--version", action="version", version=f"npu-compress {__version__}")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--debug", action="store_true", help="on an error, also print the Python traceback")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sp = sub.add_parser("profiles", help="list the shipped hardware profiles, show one, or calibrate ort-cpu")
@@ -244,10 +361,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--structure", default="channel", choices=["channel", "block", "nm"])
     sp.add_argument("--nm", default="2:4", help="N:M pattern for --structure nm (default 2:4)")
     sp.add_argument("--method", default="smart", choices=sorted(PRUNERS))
-    sp.add_argument("--epochs", default="2,6,2", help="warm-up,mask,fine-tune epochs (default 2,6,2)")
+    sp.add_argument("--epochs", default="2,6,2", type=_prune_epochs, help="warm-up,mask,fine-tune epochs "
+                    "(default 2,6,2; mask + fine-tune >= 1)")
     sp.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind])
-    sp.add_argument("--lr", type=float, default=0.05)
-    sp.add_argument("--batch-size", type=int, default=64)
+    sp.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate, > 0 (default 0.05)")
+    sp.add_argument("--batch-size", type=_positive_int, default=64)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32 (when the model has no default)")
     sp.add_argument("-o", "--output", required=True, help="checkpoint to write (atomically)")
@@ -278,14 +396,16 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--require-npu", action="store_true", help="ethos-u: fail if any operator is left on the CPU")
     se.add_argument("--json", help="also write the report as JSON here")
     se.add_argument("--no-verify", action="store_true", help="skip the onnxruntime / int8 checks")
-    se.add_argument("--tolerance", type=float, default=1e-4, help="float check: max abs error allowed (default 1e-4)")
+    se.add_argument("--tolerance", type=_non_negative_float, default=1e-4,
+                    help="float check: max abs error allowed, >= 0 (default 1e-4)")
     se.add_argument("--opset", type=int, default=17)
     se.set_defaults(func=_cmd_export)
 
     sd = sub.add_parser("demo", help="the whole path on bundled data: train, prune, fine-tune, export, verify")
     sd.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile (default {DEFAULT_PROFILE})")
     sd.add_argument("--budget", default="latency=50%", help="budget (default latency=50%%)")
-    sd.add_argument("--epochs", default="3,4,2", help="warm-up,mask,fine-tune epochs (default 3,4,2)")
+    sd.add_argument("--epochs", default="3,4,2", type=_prune_epochs, help="warm-up,mask,fine-tune epochs "
+                    "(default 3,4,2)")
     sd.add_argument("--output-dir", default="demo_out", help="where the checkpoint and ONNX go (default demo_out)")
     sd.add_argument("--no-progress", action="store_true", help="no progress bars")
     sd.set_defaults(func=_cmd_demo)
@@ -296,21 +416,72 @@ def _ours_or_errors(record: logging.LogRecord) -> bool:
     return record.name.split(".")[0] == "npu_compress" or record.levelno >= logging.ERROR
 
 
+class Terminated(BaseException):
+    """SIGTERM (or SIGHUP) arrived: unwinds like Ctrl-C, so open writes delete their temp files."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum: int, _frame) -> None:
+    raise Terminated(signum)
+
+
+@contextlib.contextmanager
+def _signals_unwind() -> Iterator[None]:
+    """SIGTERM / SIGHUP raise :class:`Terminated` while the command runs (main thread only)."""
+    wanted = [s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None]
+    try:
+        old = {s: signal.signal(s, _terminate) for s in wanted}
+    except ValueError:  # not the main thread: leave signals alone
+        old = {}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def _one_line(text: object) -> str:
+    """An error message on one line (some carry a report over several)."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()] or ["(no message)"]
+    return "".join(line if i == 0 else (" " if lines[i - 1].endswith(":") else "; ") + line
+                   for i, line in enumerate(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        print(e, file=sys.stderr)
+        return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:  # third-party import-time chatter (torchao, onnxruntime.quantization) only with -v
         for handler in logging.getLogger().handlers:
             handler.addFilter(_ours_or_errors)
+    logging.getLogger("npu_compress.modelspec").setLevel(logging.INFO)  # always say which user code is imported
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with _signals_unwind():
+            return func(args)
     except NpuCompressError as e:
-        print(f"npu-compress: error: {e}", file=sys.stderr)
+        if args.debug:
+            traceback.print_exc()
+        print(f"npu-compress: error: {_one_line(e)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
         print("npu-compress: interrupted", file=sys.stderr)
-        return 130
+        return 128 + signal.SIGINT
+    except Terminated as e:
+        print(f"npu-compress: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
+        return 128 + e.signum
+    except Exception as e:  # noqa: BLE001 - the top-level guard: one line, not a traceback
+        if args.debug:
+            traceback.print_exc()
+        hint = "" if args.debug else " (re-run with --debug for the traceback)"
+        print(f"npu-compress: error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

@@ -43,11 +43,17 @@ class Dataset:
         """
         if self.mean is not None:
             return self
+        self.check_finite()
         mean = self.x_train.mean(dim=(0, 2, 3))  # (C,)
         std = self.x_train.std(dim=(0, 2, 3)).clamp_min(1e-6)  # constant channels stay finite
         m, s = mean[:, None, None], std[:, None, None]  # (C, 1, 1)
         return replace(self, x_train=(self.x_train - m) / s, x_test=(self.x_test - m) / s,
                        mean=tuple(mean.tolist()), std=tuple(std.tolist()))
+
+    def check_finite(self) -> None:
+        """:class:`DataError` naming the split and the first bad sample if any image holds NaN or Inf."""
+        for key in ("x_train", "x_test"):
+            _require_finite(getattr(self, key), f"data '{self.name}'", key)
 
     def loaders(self, batch_size: int, seed: int = 0) -> tuple[DataLoader, DataLoader]:
         """(train, test) loaders; train is shuffled by a generator seeded with `seed`."""
@@ -175,7 +181,18 @@ def _images_to_nchw(x: np.ndarray, path: Path, key: str) -> torch.Tensor:
     images = np.array(x, dtype=np.float32, order="C")  # a writable, contiguous copy
     if x.dtype == np.uint8:
         images /= 255.0
-    return torch.from_numpy(images)
+    return _require_finite(torch.from_numpy(images), str(path), key)
+
+
+def _require_finite(x: torch.Tensor, where: str, key: str) -> torch.Tensor:
+    """``x`` if every value is finite (as float32: 1e39 in a float64 file is Inf here), else a DataError."""
+    bad = ~torch.isfinite(x).flatten(1).all(dim=1) if x.ndim > 1 else ~torch.isfinite(x)  # (N,)
+    if bool(bad.any()):
+        first = int(bad.nonzero()[0])
+        kinds = " and ".join(k for k, f in (("NaN", torch.isnan), ("Inf", torch.isinf)) if bool(f(x).any()))
+        raise DataError(f"{where}: {key} holds {kinds} values in {int(bad.sum())} sample(s) (the first at index "
+                        f"{first}); remove or fix them")
+    return x
 
 
 def _labels(y: np.ndarray, n_images: int, path: Path, key: str) -> torch.Tensor:

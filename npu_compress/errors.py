@@ -34,3 +34,17 @@ class TraceError(NpuCompressError, RuntimeError):
 
 class VerificationError(NpuCompressError):
     """The exported ONNX does not match the torch model within tolerance."""
+
+
+class OutputError(NpuCompressError, OSError):
+    """An output path cannot be written: missing or unwritable folder, a folder given as the file,
+    the run's own input, a full disk. Raised before any work wherever the path is known."""
+
+
+class TrainingError(NpuCompressError, RuntimeError):
+    """Training cannot start or go on: a setting out of range (learning rate, epochs), or the loss
+    became NaN or infinite (the message says where, and why it likely did)."""
+
+
+class LaunchError(NpuCompressError, RuntimeError):
+    """The process was not started the way an option needs (``--distributed`` outside torchrun)."""

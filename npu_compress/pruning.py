@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ import torch
 
 from .checkpoint import PruneCheckpoint
 from .data import Dataset, load_dataset
-from .errors import DataError
+from .errors import DataError, TrainingError
 from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
@@ -39,9 +40,35 @@ def _check_data(loaded: LoadedModel, data: Dataset) -> None:
     if tuple(loaded.input_shape[1:]) != tuple(data.input_shape):
         raise DataError(f"data '{data.name}' has samples of shape {tuple(data.input_shape)} but model "
                         f"'{loaded.spec}' takes {tuple(loaded.input_shape[1:])}; pick matching data or --input-shape")
-    if loaded.num_classes is not None and loaded.num_classes < data.num_classes:
-        raise DataError(f"data '{data.name}' has {data.num_classes} classes but model '{loaded.spec}' outputs "
-                        f"{loaded.num_classes}")
+    outputs = _num_outputs(loaded)
+    if outputs is not None and outputs < data.num_classes:
+        raise DataError(f"data '{data.name}' has labels up to {data.num_classes - 1} ({data.num_classes} classes) "
+                        f"but model '{loaded.spec}' outputs {outputs} classes; labels must be < {outputs}")
+
+
+def _num_outputs(loaded: LoadedModel) -> int | None:
+    """The model's class count: declared, else the width of its output on the example input (None if
+    it does not run: the pruner's trace reports that)."""
+    if loaded.num_classes is not None:
+        return loaded.num_classes
+    module, was = loaded.module, loaded.module.training
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():  # a forward must not move the seeded RNG
+            module.eval()
+            out = module(torch.zeros(1, *loaded.input_shape[1:]))
+    except Exception:  # noqa: BLE001 - reported, with the model's own message, when the pruner traces it
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            module.train(was)
+    out = out if isinstance(out, torch.Tensor) else next((o for o in out if isinstance(o, torch.Tensor)), None)
+    return int(out.shape[1]) if out is not None and out.ndim >= 2 else None
+
+
+def _check_epochs(epochs) -> None:
+    if epochs.mask + epochs.finetune < 1:
+        raise TrainingError(f"epochs {epochs.warmup},{epochs.mask},{epochs.finetune} leave the pruner no epoch: "
+                            "mask learning + fine-tune (M + F of W,M,F) must be at least 1, e.g. 2,6,2")
 
 
 def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budget: str | Budget, *,
@@ -49,6 +76,7 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
           input_shape: tuple[int, ...] | None = None, nm: tuple[int, int] = (2, 4),
           group_size: int | None = None, output: str | Path | None = None) -> PruneOutcome:
     """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``."""
+    _check_epochs(config.epochs)
     loaded = load_model(model, input_shape)
     dataset = (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
     _check_data(loaded, dataset)

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .data import Dataset
-from .distributed import is_distributed, is_rank0
-from .errors import NpuCompressError
+from .distributed import any_rank, broadcast_module, is_distributed, is_rank0, sync_buffers, wrap_ddp
+from .errors import NpuCompressError, TrainingError
 from .io import write_atomic
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,16 @@ class TrainConfig:
     progress: bool = True
     checkpoint: Path | None = None
     resume: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("lr", "mask_lr"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+                raise TrainingError(f"{name} (learning rate) must be a finite number > 0, got {value!r}")
+        for name in ("weight_decay", "momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+                raise TrainingError(f"{name} must be a finite number >= 0, got {value!r}")
 
 
 @dataclass
@@ -138,9 +148,12 @@ def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) 
     for i, (x, y) in enumerate(bar):
         out = model(x)
         loss = F.cross_entropy(out, y)
+        value = loss.item()
+        if any_rank(not math.isfinite(value)):  # every rank stops at the same step (no hang in DDP)
+            raise _diverged(loss, x, phase, f"{label}, step {i + 1}/{len(loader)}")
         phase.step(loss)
         seen += len(y)
-        loss_sum += loss.item() * len(y)
+        loss_sum += value * len(y)
         correct += int((out.argmax(1) == y).sum())
         post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
         if phase.name == "mask" and progress and i % 10 == 0:  # state() runs the cost model: not every batch
@@ -152,12 +165,25 @@ def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) 
     return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
 
 
+def _diverged(loss: torch.Tensor, x: torch.Tensor, phase: _Phase, where: str) -> TrainingError:
+    """The one-line stop for a NaN / infinite loss, with its likely cause."""
+    if not bool(torch.isfinite(x).all()):
+        cause = "this batch's inputs hold NaN/Inf values: clean the data"
+    else:
+        cause = (f"the learning rate ({phase.opt.defaults['lr']:g}) is likely too high: lower --lr "
+                 "(or the data holds extreme values)")
+    value = loss.item()
+    what = f"the loss is {value}" if not math.isfinite(value) else "another rank's loss is not finite"
+    return TrainingError(f"training stopped: {what} in epoch {where}; {cause}")
+
+
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
           make_pruner: Callable[[nn.Module], Any] | None = None) -> TrainResult:
     """Run the three phases on ``data``; returns history, accuracies and the pruner's result."""
     torch.manual_seed(cfg.seed)
     train_loader, test_loader = _loaders(data, cfg)
     distributed, rank0 = is_distributed(), is_rank0()
+    broadcast_module(model)  # DDP: one starting point whatever each rank's init (the pruner may be built first)
     net = model  # under DDP: a wrapper rebuilt each phase (the pruner re-wraps parameters); pruner uses ``model``
     batches = len(train_loader)
     result = TrainResult()
@@ -182,11 +208,12 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
             result.prune_result = pruner.finalize()
         if phase is None or phase.name != name:
             phase = _Phase(name, model, cfg, plan.count(name), batches, pruner)
-            net = nn.parallel.DistributedDataParallel(model) if distributed else model
+            net = wrap_ddp(model) if distributed else model  # buffers: synced after each epoch, not each forward
             _skip_schedule(phase, epoch - plan.index(name), batches)
         if distributed:
             train_loader.sampler.set_epoch(epoch)
         stats = _epoch(net, train_loader, phase, cfg.progress and rank0, f"{name} {epoch + 1}/{len(plan)}")
+        sync_buffers(model)  # before evaluating, saving, building or finalizing the pruner
         stats.update(epoch=epoch, phase=name, test_acc=evaluate(model, test_loader))
         if pruner is not None:
             stats.update({k: v for k, v in pruner.state().items() if isinstance(v, (int, float))})

@@ -35,7 +35,7 @@ from ..graph import remove_pruned
 from ..hardware.cost import CostReport, estimate
 from ..graph_cost import weight_formats
 from ..hardware.profile import HardwareProfile
-from ..io import check_writable, write_atomic
+from ..io import check_output, write_atomic
 from .agreement import AgreementResult, IntGate, check_agreement
 from .job import RANDOM_CHECK_SAMPLES, as_dataset, job_from, random_inputs
 from .quantize import Calibration
@@ -132,7 +132,8 @@ def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path
     on the CPU. ``data``: calibration from its training split, the check on its test split.
     """
     require_executorch()
-    check_writable(path)  # before minutes of compiling, not after
+    # before minutes of compiling, not after; never over the checkpoint it reads
+    check_output(path, [model_or_checkpoint] if isinstance(model_or_checkpoint, (str, Path)) else [])
     job = job_from(model_or_checkpoint, example_inputs, profile)
     tool = job.profile.toolchain
     if not tool.vela_accelerator:

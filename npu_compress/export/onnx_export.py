@@ -34,7 +34,7 @@ from ..graph import remove_pruned
 from ..graph_cost import predict, weight_formats
 from ..hardware.cost import estimate
 from ..hardware.profile import HardwareProfile
-from ..io import atomic_path
+from ..io import atomic_path, check_output
 from .agreement import AgreementResult, IntGate, check_agreement
 from .job import FLOAT_CHECK_SAMPLES, RANDOM_CHECK_SAMPLES, Job, as_dataset, job_from, random_inputs
 from .pack import pack_weights
@@ -108,6 +108,7 @@ def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, e
     """
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and tolerance == tolerance):
         raise NpuCompressError(f"tolerance must be a number >= 0, got {tolerance!r}")
+    check_output(path, [model_or_checkpoint] if isinstance(model_or_checkpoint, (str, Path)) else [])
     job = job_from(model_or_checkpoint, example_inputs, profile, structure)
     dataset = as_dataset(data)
     if samples is None and dataset is not None:

@@ -9,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import enum
+import math
 import re
 from dataclasses import dataclass
 
@@ -56,7 +57,12 @@ class Budget:
             kind = BudgetKind(kind_text)
         except ValueError:
             raise BudgetError(f"budget '{text}': unknown kind '{kind_text}'; valid kinds: latency, memory") from None
-        value = float(number) * (10.0 ** int(exponent) if exponent else 1.0)
+        try:
+            value = float(f"{number}e{exponent or 0}")  # 1e400 is inf here, not an OverflowError
+        except ValueError:
+            raise BudgetError(f"budget '{text}' is not of the form kind=value<unit>, e.g. {_FORMS}") from None
+        if not math.isfinite(value):
+            raise BudgetError(f"budget '{text}': value is too large (it overflows to infinity)")
         if unit == "%":
             if not 0.0 < value <= 100.0:
                 raise BudgetError(f"budget '{text}': a percentage must be in (0, 100], got {value:g}%")
@@ -67,6 +73,8 @@ class Budget:
                               f"valid units: {', '.join(units)} or %")
         if value <= 0.0:
             raise BudgetError(f"budget '{text}': value must be > 0")
+        if not math.isfinite(value * units[unit]):
+            raise BudgetError(f"budget '{text}': value is too large (it overflows to infinity)")
         return cls(kind, value * units[unit], relative=False)
 
     def measure(self, report: CostReport) -> float:

@@ -19,9 +19,11 @@ its optimised graphs: ``[fusion]``) and, from torch probe models of one layer ea
 our own ONNX path, ``[efficiency]`` per class (dense / depthwise / grouped conv, matmul,
 elementwise, pool, norm, move) fitted by :mod:`.efficiency_fit`.
 
-The per-``session.run`` Python/binding overhead is measured separately (a chain of N tiny Relus:
-the intercept over N) and subtracted from every single-layer timing, so ``layer_cycles`` is the
-cost of one op inside a graph, not of one call.
+Every timing is of the op alone: runs of its graph interleave with runs of a one-op reference
+graph and the reference's median is subtracted (:func:`net_run_seconds`), so the per-``session.run``
+Python/binding overhead paid under the same machine load goes, and ``layer_cycles`` is the cost of
+one op inside a graph, not of one call. (The overhead itself, from chains of N tiny Relus, is
+reported.)
 
 Example::
 
@@ -230,8 +232,9 @@ def net_run_seconds(session: Any, feeds: dict[str, np.ndarray], threads: int = 1
 
 
 def time_shape(shape: Shape, threads: int = 1, budget_s: float = 0.05) -> float:
+    """Seconds of ``shape``'s op alone (per-run overhead excluded, see :func:`net_run_seconds`)."""
     model, feeds = shape.graph()
-    return median_run_seconds(_session(model, threads), feeds, budget_s, threads=threads)
+    return net_run_seconds(_session(model, threads), feeds, threads, budget_s)
 
 
 def run_overhead_seconds(threads: int = 1) -> tuple[float, float]:
@@ -270,7 +273,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 class CalibrationPoint:
     label: str
     kind: str
-    measured_s: float  # run overhead subtracted
+    measured_s: float  # the op alone: per-run overhead excluded
     predicted_s: float
 
     @property
@@ -312,7 +315,7 @@ class CalibrationReport:
                  f"layer_cycles {self.profile.overhead.layer_cycles} "
                  f"({self.profile.overhead.layer_cycles / c.clock_hz * 1e6:.2f} us)",
                  f"memory: dram {m.dram_bandwidth_bytes_per_s / 1e9:.2f} GB/s, sram {m.sram_bytes >> 20} MiB; "
-                 f"run overhead {self.run_overhead_s * 1e6:.2f} us per session.run (subtracted)",
+                 f"run overhead {self.run_overhead_s * 1e6:.2f} us per session.run (excluded from every timing)",
                  f"fit over {len(self.points)} layers: MAPE {self.mape_pct:.1f}%, Spearman {self.spearman:.3f}"]
         if self.class_fits:
             fusion = self.profile.fusion
@@ -425,13 +428,12 @@ def fit_profile(shapes: list[Shape], meas: np.ndarray, sram: int, bw: float) -> 
     return best
 
 
-def _timings(shapes: list[Shape], threads: int, overhead: float, progress: Progress | None,
-             budget_s: float) -> np.ndarray:
+def _timings(shapes: list[Shape], threads: int, progress: Progress | None, budget_s: float) -> np.ndarray:
     out = []
     for i, s in enumerate(shapes):
         if progress:
             progress(i, len(shapes), s.label)
-        out.append(max(time_shape(s, threads, budget_s) - overhead, 1e-7))
+        out.append(time_shape(s, threads, budget_s))
     return np.array(out)
 
 
@@ -445,10 +447,10 @@ def calibrate_ort_cpu(threads: int = 1, quick: bool = False, progress: Progress 
     overhead, _ = run_overhead_seconds(threads)
     sram, sram_src = last_level_cache_bytes()
     bw_shape = bandwidth_shape(sram, quick)
-    bw_time = max(time_shape(bw_shape, threads, 0.2 if not quick else 0.05) - overhead, 1e-7)
+    bw_time = time_shape(bw_shape, threads, 0.2 if not quick else 0.05)
     bw = 12.0 * bw_shape.a / bw_time
     shapes = fit_grid(quick)
-    meas = _timings(shapes, threads, overhead, progress, 0.02 if quick else 0.05)
+    meas = _timings(shapes, threads, progress, 0.02 if quick else 0.05)
     fitted = fit_profile(shapes, meas, sram, bw)
     all_shapes, all_meas = shapes + [bw_shape], np.append(meas, bw_time)
     pred = predict(all_shapes, fitted)

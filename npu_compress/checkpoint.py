@@ -71,6 +71,16 @@ def to_plain(value: Any, where: str = "value") -> Any:
                           "tensor or a plain value (str, int, float, bool, None, list, tuple, dict)")
 
 
+def save_plain(path: str | Path, payload: Any) -> None:
+    """``torch.save`` a :func:`to_plain` payload to ``path`` atomically; the bytes depend on the payload
+    only (not on the file's name), so equal payloads give byte-identical files."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:  # a file object: torch names the zip's inner folder "archive", not after tmp
+            torch.save(payload, f)
+
+    write_atomic(path, write)
+
+
 def safe_load(path: str | Path, what: str = "checkpoint", unsafe_hint: str = "") -> Any:
     """``torch.load(path, weights_only=True)``: tensors and plain containers, never code.
 
@@ -117,7 +127,7 @@ class PruneCheckpoint:
     def save(self, path: str | Path) -> None:
         payload = to_plain({"format": FORMAT, "version": VERSION, "npu_compress": __version__, **self.__dict__},
                            "the checkpoint")
-        write_atomic(path, lambda tmp: torch.save(payload, tmp))
+        save_plain(path, payload)
 
     @classmethod
     def load(cls, path: str | Path) -> "PruneCheckpoint":
@@ -165,4 +175,4 @@ def convert_checkpoint(source: str | Path, target: str | Path) -> PruneCheckpoin
     return ckpt
 
 
-__all__ = ["CheckpointError", "PruneCheckpoint", "convert_checkpoint", "safe_load", "to_plain"]
+__all__ = ["CheckpointError", "PruneCheckpoint", "convert_checkpoint", "safe_load", "save_plain", "to_plain"]

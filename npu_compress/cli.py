@@ -237,6 +237,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_convert(args: argparse.Namespace) -> int:
+    """Rewrite a trusted old checkpoint (pickled objects) in the safe form: unpickling it runs its code."""
+    from .checkpoint import convert_checkpoint
+
+    if not args.trust:
+        raise NpuCompressError(f"converting unpickles '{args.old}', which runs any code it holds; pass --trust "
+                               "only for a file you wrote or whose source you trust")
+    convert_checkpoint(args.old, args.new)
+    print(f"wrote {args.new}: '{args.old}' in the safe format (loads without running code)")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     """The whole path on the bundled digits: train, SMART to latency=50%, fine-tune, export, verify."""
     import torch
@@ -409,6 +421,13 @@ def build_parser() -> argparse.ArgumentParser:
     sd.add_argument("--output-dir", default="demo_out", help="where the checkpoint and ONNX go (default demo_out)")
     sd.add_argument("--no-progress", action="store_true", help="no progress bars")
     sd.set_defaults(func=_cmd_demo)
+
+    sv = sub.add_parser("convert-checkpoint", help="rewrite a trusted checkpoint that holds pickled Python objects "
+                        "(older npu_compress) in the safe format")
+    sv.add_argument("old", help="the checkpoint to convert; it is unpickled, which runs any code it holds")
+    sv.add_argument("new", help="the checkpoint to write (atomically; not OLD itself)")
+    sv.add_argument("--trust", action="store_true", help="required: you trust OLD (converting runs its code)")
+    sv.set_defaults(func=_cmd_convert)
     return p
 
 

@@ -11,6 +11,10 @@ Spec forms (checked in this order):
 A factory is called with no arguments and must return an ``nn.Module``; if it has an
 ``input_shape`` (and optionally ``num_classes``) attribute, that is the default.
 
+The file, module and ``.pt2`` forms run code from where they point (README "Security"): each
+import of a user file or module, and each ``.pt2`` load, is logged at INFO on ``npu_compress.modelspec``
+with the file's full path (the CLI always shows these lines).
+
 >>> load_model("resnet20").input_shape
 (1, 3, 32, 32)
 """
@@ -20,6 +24,7 @@ from dataclasses import dataclass
 import hashlib
 import importlib
 import importlib.util
+import logging
 from pathlib import Path
 import sys
 import types
@@ -33,6 +38,7 @@ from .errors import ModelSpecError
 SPEC_FORMS = ("a zoo name ({zoo})", "package.module:factory", "path/to/file.py:factory",
               "a torch.export file model.pt2")
 SHAPE_HINT = "pass --input-shape 1,3,32,32 (batch, channels, height, width)"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -111,6 +117,8 @@ def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> LoadedModel
 
 
 def _import_module(name: str, spec: str) -> types.ModuleType:
+    if name not in sys.modules:
+        log.info("importing module '%s' (runs its code) for model '%s'", name, spec)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
@@ -132,6 +140,7 @@ def _import_file(target: str, spec: str) -> types.ModuleType:
     if module_spec is None or module_spec.loader is None:
         raise ModelSpecError(f"model {spec!r}: {target!r} is not an importable Python file")
     module = importlib.util.module_from_spec(module_spec)
+    log.info("importing '%s' (runs its code) for model '%s'", path.resolve(), spec)
     sys.modules[name] = module  # so dataclasses and pickling inside the file resolve
     try:
         module_spec.loader.exec_module(module)
@@ -174,6 +183,7 @@ def _load_exported(spec: str, input_shape: tuple[int, ...] | None) -> LoadedMode
     if not Path(spec).is_file():
         raise ModelSpecError(f"model {spec!r}: file does not exist; expected a file written by "
                              f"torch.export.save, or {_forms()}")
+    log.info("loading torch.export program '%s' (a .pt2 can run code when loaded)", Path(spec).resolve())
     try:
         program = torch.export.load(spec)
     except Exception as exc:

@@ -25,9 +25,9 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from .checkpoint import CheckpointError, safe_load, to_plain
+from .checkpoint import CheckpointError, safe_load, save_plain, to_plain
+from .distributed import is_rank0
 from .errors import NpuCompressError
-from .io import write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def save_progress(path: str | Path, state: Mapping[str, Any], settings: Mapping[
     """Write ``state`` (plain values and tensors) and ``settings`` to ``path`` atomically."""
     payload = to_plain({"format": FORMAT, "version": VERSION, "settings": dict(settings), **state},
                        f"progress file '{path}'")
-    write_atomic(path, lambda tmp: torch.save(payload, tmp))
+    save_plain(path, payload)
 
 
 def load_progress(path: str | Path, settings: Mapping[str, str]) -> dict[str, Any] | None:
@@ -121,7 +121,8 @@ def load_progress(path: str | Path, settings: Mapping[str, str]) -> dict[str, An
     """
     path = Path(path)
     if not path.exists():
-        log.warning("resume: no progress file '%s'; starting fresh", path)
+        if is_rank0():
+            log.warning("resume: no progress file '%s'; starting fresh", path)
         return None
     state = safe_load(path, "progress file", f"; {_START_FRESH}")
     if not isinstance(state, dict) or state.get("format") != FORMAT:

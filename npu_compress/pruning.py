@@ -21,6 +21,7 @@ from .errors import DataError, TrainingError
 from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
+from .progress import seed_everything, text_digest
 from .pruners import Pruner, PruneResult, get_pruner
 from .training import TrainConfig, TrainResult, clean_state_dict, train
 
@@ -75,8 +76,13 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
           structure: str = "channel", method: str = "smart", config: TrainConfig,
           input_shape: tuple[int, ...] | None = None, nm: tuple[int, int] = (2, 4),
           group_size: int | None = None, output: str | Path | None = None) -> PruneOutcome:
-    """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``."""
+    """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``.
+
+    Reproducible: everything random (the model's initial weights included) is drawn from ``config.seed``,
+    so the same seed gives a bit-identical checkpoint on CPU.
+    """
     _check_epochs(config.epochs)
+    seed_everything(config.seed)  # before the model is built: its initial weights come from the seed
     loaded = load_model(model, input_shape)
     dataset = (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
     _check_data(loaded, dataset)
@@ -93,7 +99,10 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     def make(m: torch.nn.Module):
         return cls(m, (example,), prof, bud, structure, nm=nm, group_size=group_size, **extra)
 
-    run = train(loaded.module, dataset, config, make_pruner=make)
+    settings = {"model": loaded.spec, "input_shape": ",".join(map(str, loaded.input_shape)), "method": method,
+                "structure": structure, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
+                "nm": f"{nm[0]}:{nm[1]}", "group_size": str(group_size)}
+    run = train(loaded.module, dataset, config, make_pruner=make, settings=settings)
     result = run.prune_result
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
                            budget=str(bud), structure=structure, method=method, keep=result.keep.clone(),

@@ -5,8 +5,9 @@
 Phases: ``warmup`` epochs dense; then the pruner is built (so importance comes from trained
 weights) and ``mask`` epochs run with ``pruner.step()`` after every optimiser step; then
 ``pruner.finalize()`` fixes the hard mask and ``finetune`` epochs run with it. The learning rate
-follows a cosine per phase. A checkpoint is written (atomically) after every epoch when
-``config.checkpoint`` is set, and ``resume=True`` continues from it.
+follows a cosine per phase. A progress file (:mod:`npu_compress.progress`) is written
+(atomically) after every epoch when ``config.checkpoint`` is set, and ``resume=True`` continues
+from it exactly: same seed, same settings => the same weights and keep-set as an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -15,16 +16,18 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import CheckpointError
 from .data import Dataset
 from .distributed import any_rank, broadcast_module, is_distributed, is_rank0, sync_buffers, wrap_ddp
 from .errors import NpuCompressError, TrainingError
-from .io import write_atomic
+from .progress import describe_data, describe_model, epoch_seed, load_progress, rng_state, save_progress, \
+    seed_everything, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +139,17 @@ class _Phase:
             self.pruner.step()
         self.sched.step()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+                "mask_opt": self.mask_opt.state_dict() if self.mask_opt else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a phase a progress file saved mid-way: momentum, Adam moments, LR schedule position."""
+        self.opt.load_state_dict(state["opt"])
+        self.sched.load_state_dict(state["sched"])
+        if self.mask_opt and state.get("mask_opt") is not None:
+            self.mask_opt.load_state_dict(state["mask_opt"])
+
 
 def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) -> dict[str, float]:
     """One pass over ``loader``; ``model`` may be a DistributedDataParallel wrapper."""
@@ -177,28 +191,23 @@ def _diverged(loss: torch.Tensor, x: torch.Tensor, phase: _Phase, where: str) ->
     return TrainingError(f"training stopped: {what} in epoch {where}; {cause}")
 
 
-def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
-          make_pruner: Callable[[nn.Module], Any] | None = None) -> TrainResult:
-    """Run the three phases on ``data``; returns history, accuracies and the pruner's result."""
-    torch.manual_seed(cfg.seed)
+def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callable[[nn.Module], Any] | None = None,
+          *, settings: Mapping[str, str] | None = None) -> TrainResult:
+    """Run the three phases on ``data``; returns history, accuracies and the pruner's result.
+
+    ``settings`` name what the run is beyond ``cfg`` and ``data`` (model spec, method, budget, ...):
+    the progress file records them with ``cfg``'s and ``data``'s, and resuming with others is refused.
+    """
+    seed_everything(cfg.seed)
     train_loader, test_loader = _loaders(data, cfg)
     distributed, rank0 = is_distributed(), is_rank0()
     broadcast_module(model)  # DDP: one starting point whatever each rank's init (the pruner may be built first)
     net = model  # under DDP: a wrapper rebuilt each phase (the pruner re-wraps parameters); pruner uses ``model``
     batches = len(train_loader)
     result = TrainResult()
-    start = 0
-    state = _load_checkpoint(cfg) if cfg.resume else None
-    if state is not None:
-        start = state["epoch"] + 1
-        result.history = state["history"]
-        result.dense_accuracy = state.get("dense_accuracy")
     plan = ["warmup"] * cfg.epochs.warmup + ["mask"] * cfg.epochs.mask + ["finetune"] * cfg.epochs.finetune
-    pruner = None
-    if state is not None and start > cfg.epochs.warmup and make_pruner is not None:
-        pruner = _rebuild_pruner(model, make_pruner, state)
-    elif state is not None:
-        model.load_state_dict(state["model"])
+    run = _run_settings(model, data, cfg, settings) if cfg.checkpoint is not None else {}
+    start, pruner, saved_phase = _resume(cfg, run, model, make_pruner, result)
     phase = None
     for epoch in range(start, len(plan)):
         name = plan[epoch]
@@ -209,9 +218,10 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
         if phase is None or phase.name != name:
             phase = _Phase(name, model, cfg, plan.count(name), batches, pruner)
             net = wrap_ddp(model) if distributed else model  # buffers: synced after each epoch, not each forward
-            _skip_schedule(phase, epoch - plan.index(name), batches)
-        if distributed:
-            train_loader.sampler.set_epoch(epoch)
+            if saved_phase is not None and saved_phase["name"] == name:
+                phase.load_state_dict(saved_phase)  # resumed inside this phase
+            saved_phase = None
+        _shuffle_for(train_loader, cfg.seed, epoch)
         stats = _epoch(net, train_loader, phase, cfg.progress and rank0, f"{name} {epoch + 1}/{len(plan)}")
         sync_buffers(model)  # before evaluating, saving, building or finalizing the pruner
         stats.update(epoch=epoch, phase=name, test_acc=evaluate(model, test_loader))
@@ -223,7 +233,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig,
         if name == "warmup" and epoch == cfg.epochs.warmup - 1:
             result.dense_accuracy = stats["test_acc"]
         if cfg.checkpoint is not None and rank0:
-            _save_checkpoint(cfg, epoch, model, pruner, result)
+            _save_progress(cfg, epoch, model, pruner, phase, result, run)
     if pruner is not None and pruner.result is None:
         result.prune_result = pruner.finalize()  # no fine-tune epochs: still end with the hard mask
     result.pruner = pruner
@@ -243,27 +253,66 @@ def _loaders(data: Dataset, cfg: TrainConfig):
     return data.loaders(cfg.batch_size, seed=cfg.seed)
 
 
-def _skip_schedule(phase: _Phase, epochs_done: int, batches: int) -> None:
-    for _ in range(epochs_done * batches):  # resume inside a phase: move the LR schedule along
-        phase.sched.step()
+def _shuffle_for(loader, seed: int, epoch: int) -> None:
+    """Each epoch's order from (seed, epoch) alone, so a resumed epoch sees the batches it would have."""
+    if is_distributed():
+        loader.sampler.set_epoch(epoch)  # DistributedSampler: seeded by (its seed, epoch) already
+    else:
+        loader.generator.manual_seed(epoch_seed(seed, epoch))
 
 
-# ---------------------------------------------------------------- checkpoints
+# ---------------------------------------------------------------- progress file (resume)
 
-def _save_checkpoint(cfg: TrainConfig, epoch: int, model: nn.Module, pruner: Any, result: TrainResult) -> None:
-    payload = {"epoch": epoch, "model": clean_state_dict(model), "history": result.history,
-               "dense_accuracy": result.dense_accuracy,
-               "pruner": pruner.state_dict() if pruner is not None and hasattr(pruner, "state_dict") else None}
-    write_atomic(cfg.checkpoint, lambda tmp: torch.save(payload, tmp))
+def _run_settings(model: nn.Module, data: Dataset, cfg: TrainConfig, extra: Mapping[str, str] | None) -> dict[str, str]:
+    """What makes two runs the same run: recorded in the progress file, compared on resume."""
+    e = cfg.epochs
+    world = torch.distributed.get_world_size() if is_distributed() else 1
+    return {**(extra or {}), "architecture": describe_model(model), "data": describe_data(data),
+            "epochs": f"{e.warmup},{e.mask},{e.finetune}", "seed": str(cfg.seed),
+            "optimizer": OptimizerKind(cfg.optimizer).value, "lr": repr(cfg.lr), "mask_lr": repr(cfg.mask_lr),
+            "weight_decay": repr(cfg.weight_decay), "momentum": repr(cfg.momentum),
+            "batch_size": str(cfg.batch_size), "world_size": str(world)}
 
 
-def _load_checkpoint(cfg: TrainConfig) -> dict[str, Any] | None:
-    if cfg.checkpoint is None or not Path(cfg.checkpoint).is_file():
-        return None
+def _save_progress(cfg: TrainConfig, epoch: int, model: nn.Module, pruner: Any, phase: _Phase,
+                   result: TrainResult, settings: Mapping[str, str]) -> None:
+    state = {"epoch": epoch, "model": clean_state_dict(model), "phase": phase.state_dict(),
+             "pruner": pruner.state_dict() if pruner is not None and hasattr(pruner, "state_dict") else None,
+             "history": result.history, "dense_accuracy": result.dense_accuracy, "rng": rng_state()}
+    save_progress(cfg.checkpoint, state, settings)
+
+
+def _resume(cfg: TrainConfig, settings: Mapping[str, str], model: nn.Module, make_pruner: Callable | None,
+            result: TrainResult) -> tuple[int, Any, dict[str, Any] | None]:
+    """(first epoch to run, pruner, the running phase's optimiser state) from the progress file, if resuming.
+
+    Weights, pruner and history come back as they were after the last finished epoch, and the RNG
+    states last, so the epoch that was running when the run stopped restarts exactly.
+    """
+    if cfg.checkpoint is None:
+        return 0, None, None
+    if not cfg.resume:
+        if Path(cfg.checkpoint).exists() and is_rank0():
+            log.warning("progress file '%s' exists and will be overwritten (resume from it with --resume)",
+                        cfg.checkpoint)
+        return 0, None, None
+    state = load_progress(cfg.checkpoint, settings)
+    if state is None:
+        return 0, None, None
     try:
-        return torch.load(cfg.checkpoint, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise NpuCompressError(f"cannot resume from '{cfg.checkpoint}': not a readable checkpoint ({e})") from None
+        model.load_state_dict(state["model"])
+        pruner = None
+        if state["pruner"] is not None and make_pruner is not None:
+            pruner = make_pruner(model)
+            pruner.load_state_dict(state["pruner"])
+    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        raise CheckpointError(f"progress file '{cfg.checkpoint}' does not fit this run ({type(e).__name__}: "
+                              f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); delete it to start "
+                              "fresh") from None
+    result.history, result.dense_accuracy = list(state["history"]), state["dense_accuracy"]
+    set_rng_state(state["rng"])
+    log.info("resuming from '%s' after epoch %d", cfg.checkpoint, state["epoch"] + 1)
+    return state["epoch"] + 1, pruner, state["phase"]
 
 
 def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -277,10 +326,3 @@ def clean_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
         out[key] = value
     return out
 
-
-def _rebuild_pruner(model: nn.Module, make_pruner: Callable[[nn.Module], Any], state: dict[str, Any]) -> Any:
-    """Resume after warm-up: weights first, then the pruner, then the pruner's own state."""
-    model.load_state_dict(state["model"])
-    pruner = make_pruner(model)
-    pruner.load_state_dict(state.get("pruner") or {})
-    return pruner

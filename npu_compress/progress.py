@@ -35,6 +35,9 @@ FORMAT = "npu_compress.progress"
 VERSION = 2  # 1: {"epoch", "model", "history", "pruner"} pickled, no optimiser / RNG state nor settings
 MAX_SEED = 2**63 - 1
 _START_FRESH = "delete it to start fresh"
+_KEYS = ("epoch", "model", "phase", "pruner", "history", "dense_accuracy", "rng")  # what save_progress gets
+_FLAGS = {"model", "input_shape", "method", "structure", "budget", "profile", "nm", "data", "epochs", "seed",
+          "optimizer", "lr", "batch_size"}  # settings named as `npu-compress prune` flags in messages
 
 
 # ---------------------------------------------------------------- seeding
@@ -133,7 +136,11 @@ def load_progress(path: str | Path, settings: Mapping[str, str]) -> dict[str, An
     if state.get("version") != VERSION:
         raise CheckpointError(f"progress file '{path}' has format version {state.get('version')}; this "
                               f"npu_compress reads {VERSION}; {_START_FRESH}")
-    check_settings(path, state.get("settings") or {}, settings)
+    missing = [k for k in ("settings", *_KEYS) if k not in state]
+    if missing or not isinstance(state["settings"], dict):
+        raise CheckpointError(f"progress file '{path}' is incomplete (no {', '.join(missing) or 'settings'}); "
+                              f"{_START_FRESH}")
+    check_settings(path, state["settings"], settings)
     return state
 
 
@@ -150,7 +157,7 @@ def check_settings(path: Path, saved: Mapping[str, str], now: Mapping[str, str])
 
 
 def _flag(key: str) -> str:
-    return "--" + key.replace("_", "-")
+    return "--" + key.replace("_", "-") if key in _FLAGS else key.replace("_", " ")
 
 
 __all__ = ["check_seed", "epoch_seed", "load_progress", "rng_state", "save_progress", "seed_everything",

@@ -99,10 +99,8 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     def make(m: torch.nn.Module):
         return cls(m, (example,), prof, bud, structure, nm=nm, group_size=group_size, **extra)
 
-    settings = {"model": loaded.spec, "input_shape": ",".join(map(str, loaded.input_shape)), "method": method,
-                "structure": structure, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
-                "nm": f"{nm[0]}:{nm[1]}", "group_size": str(group_size)}
-    run = train(loaded.module, dataset, config, make_pruner=make, settings=settings)
+    run = train(loaded.module, dataset, config, make_pruner=make,
+                settings=_settings(loaded, prof, bud, structure, method, nm, group_size))
     result = run.prune_result
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
                            budget=str(bud), structure=structure, method=method, keep=result.keep.clone(),
@@ -111,6 +109,17 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     if output is not None:
         ckpt.save(output)
     return PruneOutcome(loaded.module, result, run, ckpt)
+
+
+def _settings(loaded: LoadedModel, prof: HardwareProfile, bud: Budget, structure: str, method: str,
+              nm: tuple[int, int], group_size: int | None) -> dict[str, str]:
+    """What this run is, beyond the training config and data: recorded in the progress file, checked on resume."""
+    out = {"model": loaded.spec, "input_shape": ",".join(map(str, loaded.input_shape)), "method": method,
+           "structure": structure, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
+           "group_size": "default" if group_size is None else str(group_size)}
+    if structure == "nm":
+        out["nm"] = f"{nm[0]}:{nm[1]}"
+    return out
 
 
 def pruner_kwargs(cls: type, mask_steps: int, dataset: Dataset) -> dict[str, Any]:

@@ -305,12 +305,12 @@ def _resume(cfg: TrainConfig, settings: Mapping[str, str], model: nn.Module, mak
         if state["pruner"] is not None and make_pruner is not None:
             pruner = make_pruner(model)
             pruner.load_state_dict(state["pruner"])
-    except (KeyError, RuntimeError, TypeError, ValueError) as e:
+        result.history, result.dense_accuracy = list(state["history"]), state["dense_accuracy"]
+        set_rng_state(state["rng"])
+    except (AttributeError, IndexError, KeyError, RuntimeError, TypeError, ValueError) as e:
         raise CheckpointError(f"progress file '{cfg.checkpoint}' does not fit this run ({type(e).__name__}: "
                               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}); delete it to start "
                               "fresh") from None
-    result.history, result.dense_accuracy = list(state["history"]), state["dense_accuracy"]
-    set_rng_state(state["rng"])
     log.info("resuming from '%s' after epoch %d", cfg.checkpoint, state["epoch"] + 1)
     return state["epoch"] + 1, pruner, state["phase"]
 

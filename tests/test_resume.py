@@ -186,6 +186,9 @@ def test_other_data_and_old_progress_files_are_refused(tmp_path, digits_small):
     torch.save({"epoch": 0, "model": {}, "history": [], "pruner": None}, progress)  # the format before
     with pytest.raises(CheckpointError, match="older npu_compress.*optimiser, scheduler and RNG"):
         _prune(digits_small, None, progress=progress, resume=True)
+    torch.save({"format": "npu_compress.progress", "version": 2, "settings": {}, "epoch": 0}, progress)
+    with pytest.raises(CheckpointError, match=r"incomplete \(no model, phase, pruner, history, dense_accuracy, rng"):
+        _prune(digits_small, None, progress=progress, resume=True)
 
 
 def test_resume_without_progress_file_starts_fresh(tmp_path, digits_small, caplog):

@@ -1,131 +1,346 @@
-"""Our cost model judged by Arm's Vela: predicted vs Vela latency, dense and pruned, and the budget as Vela sees it.
+"""Our cost model judged by a ground truth: Arm's Vela (the Ethos-U compiler's cycles) or onnxruntime's CPU clock.
 
-    python tools/bench/ground_truth.py [--profile ethos-u55-128] [--baseline old-ethos-u55-128.toml]
-        [--models digits-cnn resnet20 resnet56 mobilenetv2 vgg11] [--budgets 70 50]
-        [--json bench_results/ground_truth.json]
+    python tools/bench/ground_truth.py --judge vela [--profile ethos-u55-128] [--baseline old.toml]
+    python tools/bench/ground_truth.py --judge ort [--profile ort-cpu] [--baseline old-ort-cpu.toml]
+    python tools/bench/ground_truth.py --judge both [--vela-profile ..] [--ort-profile ..] [--ort-baseline ..]
+        [--models digits-cnn resnet20 ... tv/resnet18 timm/mobilevit_xxs ... | --zoo-only]
+        [--budgets 70 50] [--vela-size 96] [--ort-size 224] [--json PATH] [--resume]
 
-For each model (random weights: Vela's cycles depend on shapes; its lossless weight compression
-makes flash-bound layers somewhat data dependent, which random weights bias towards incompressible)
-and each profile variant — ``--profile`` (the shipped, Vela-calibrated one) and a baseline (the
-peak-rate profile before calibration, or ``--profile`` without ``[efficiency]``) — the dense model and magnitude-pruned copies at ``latency=B%`` (pruned
-under that variant's own cost model, no training: costs only) are compiled for the profile's
-accelerator through ExecuTorch's Arm backend and Vela (``vela_estimate``). Reported: predicted ÷
-Vela latency per model, MAPE and Spearman over all exports, and **the budget judged by Vela**:
-Vela latency of each pruned export ÷ (B% of Vela's dense latency).
+Models: the project zoo (at its own input sizes) and third-party architectures from torchvision
+(``tv/``) and timm (``timm/``, see ``zoo.py``), random weights: a judge's latency depends on shapes,
+not values (except Vela's lossless weight compression, which random weights bias towards
+incompressible). Third-party models run at ``--ort-size`` (224) for onnxruntime and ``--vela-size``
+(96) for Vela, whose compile of a 224x224 network takes too long here; a Vela compile longer than
+``--vela-cap-s`` is abandoned and the export recorded as skipped.
+
+For each judge and each profile variant — the profile judged and a baseline (a given TOML, or the
+profile without ``[efficiency]``) — the dense model and magnitude-pruned copies at ``latency=B%``
+(pruned under that variant's own cost model, no training: costs only) are measured:
+
+- ``vela``: compiled for the profile's accelerator through ExecuTorch's Arm backend and Vela
+  (``vela_estimate``), Vela's total cycles at the judged profile's clock;
+- ``ort``: exported by our ONNX path (``_to_onnx``, opset 17), onnxruntime CPUExecutionProvider with
+  one intra-op thread, ``net_run_seconds`` (thread CPU time, interleaved with a one-op reference run
+  whose time is subtracted).
+
+Reported per export: predicted ÷ measured; per pruned export the budget judged by the judge
+(measured pruned ÷ (B% × measured dense)) and ``predict_vs_estimate``, the relative difference
+between the pruner's ``predict`` and ``estimate`` of the physically pruned model (dense: ``predict``
+with every unit kept vs ``estimate``). Summaries per judge, variant and group (project zoo /
+third-party): MAPE, Spearman, ranges. A model or export that fails to build, prune, export or
+compile is recorded as skipped with its reason. Results of each (judge, model) are cached beside
+``--json`` as they complete; ``--resume`` reuses those computed with the same profiles and sizes.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
+import hashlib
+import json
+import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from torch import nn  # noqa: E402
 
+import zoo  # noqa: E402
 from _common import machine, write_json  # noqa: E402
 
 from npu_compress import models  # noqa: E402
-from npu_compress.export.ethos_u import vela_estimate  # noqa: E402
 from npu_compress.graph import remove_pruned  # noqa: E402
-from npu_compress.hardware.calibrate import mape, spearman  # noqa: E402
+from npu_compress.hardware.calibrate import mape, net_run_seconds, spearman  # noqa: E402
 from npu_compress.hardware.cost import estimate  # noqa: E402
-from npu_compress.hardware.profile import Efficiency, load_profile  # noqa: E402
+from npu_compress.hardware.profile import Efficiency, HardwareProfile, load_profile  # noqa: E402
 from npu_compress.pruners import get_pruner  # noqa: E402
 
+PROJECT_ZOO = ["digits-cnn", "resnet20", "resnet56", "mobilenetv2", "vgg11"]
+GOALS = {"vela": "every model 0.85–1.15 of Vela, MAPE ≤ 10%, Spearman ≥ 0.97, Vela ÷ budget in [0.93, 1.00]",
+         "ort": "MAPE ≤ 12% on architectures not in the fit (third-party), Spearman ≥ 0.97"}
 
-def variants(profile: str, baseline: str | None) -> dict[str, Any]:
-    """The profile as judged, and a baseline: a given TOML, or the profile without [efficiency]."""
+
+# ---------------------------------------------------------------- judges
+
+class CompileTimeout(Exception):
+    """A Vela compile ran past the cap."""
+
+
+@contextlib.contextmanager
+def _cap(seconds: float) -> Iterator[None]:
+    """Raise CompileTimeout in this (main) thread after ``seconds`` of wall time."""
+    def fire(signum: int, frame: Any) -> None:
+        raise CompileTimeout(f"Vela compile ran past the {seconds:g} s cap")
+
+    old = signal.signal(signal.SIGALRM, fire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+@dataclasses.dataclass(frozen=True)
+class VelaJudge:
+    """Vela's cycles for the judged profile's accelerator, as seconds at that profile's clock."""
+
+    profile: HardwareProfile
+    cap_s: float
+    name: str = "vela"
+
+    def measure(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+        from npu_compress.export.ethos_u import vela_estimate
+
+        t0 = time.perf_counter()
+        with _cap(self.cap_s):
+            report = vela_estimate(model, x, self.profile.toolchain)
+        return {"measured_s": report.latency_s(self.profile.compute.clock_hz), "vela_cycles": report.total_cycles,
+                "cpu_operators": report.cpu_operators, "judge_s": time.perf_counter() - t0}
+
+
+def _session(proto: Any) -> Any:
+    """One-thread CPU session, built as ``calibrate`` builds its own."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = 1
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@dataclasses.dataclass(frozen=True)
+class OrtJudge:
+    """onnxruntime CPU, one thread, our ONNX export; net run time by thread CPU clock."""
+
+    budget_s: float
+    name: str = "ort"
+
+    def measure(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+        from npu_compress.export.onnx_export import _to_onnx
+
+        t0 = time.perf_counter()
+        session = _session(_to_onnx(model.eval(), x, 17))
+        feeds = {session.get_inputs()[0].name: x.numpy()}
+        seconds = net_run_seconds(session, feeds, threads=1, budget_s=self.budget_s)
+        return {"measured_s": seconds, "judge_s": time.perf_counter() - t0}
+
+
+# ---------------------------------------------------------------- one model
+
+def make(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+    """(dense model in eval mode, example input): third-party at ``size``, project zoo at its own size."""
+    if zoo.is_third_party(name):
+        return zoo.build(name, size)
+    torch.manual_seed(0)
+    x = models.example_input(name)
+    return models.create(name).eval(), x
+
+
+def _rel(a: float, b: float) -> float:
+    return abs(a - b) / b
+
+
+def _skip(name: str, what: str, e: BaseException) -> dict[str, str]:
+    reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    print(f"  skipped {name} {what}: {reason}", flush=True)
+    return {"model": name, "what": what, "reason": reason}
+
+
+def _pruned_row(name: str, label: str, prof: HardwareProfile, b: float, dense: nn.Module, x: torch.Tensor,
+                judge: Any, dense_row: dict[str, Any]) -> dict[str, Any]:
+    model = copy.deepcopy(dense)
+    pruner = get_pruner("magnitude")(model, (x,), prof, f"latency={b:g}%")
+    dense_row.setdefault("predict_vs_estimate", _rel(pruner.dense.latency_s, dense_row["predicted_s"]))
+    result = pruner.finalize()
+    small = remove_pruned(model, result.graph, result.keep).eval()
+    est = estimate(small, x, prof).latency_s
+    m = judge.measure(small, x)
+    return {"model": name, "variant": label, "budget": b, "predicted_s": result.predicted.latency_s, **m,
+            "predict_vs_estimate": _rel(result.predicted.latency_s, est),
+            "budget_by_judge": m["measured_s"] / (b / 100 * dense_row["measured_s"]),
+            "budget_by_ours": result.achieved_ratio}
+
+
+def run_model(name: str, judge: Any, profiles: dict[str, HardwareProfile], budgets: list[float],
+              size: int) -> dict[str, Any]:
+    """Rows (dense + pruned per variant and budget) and skips of one model under one judge."""
+    t0 = time.perf_counter()
+    rows, skips = [], []
+    try:
+        dense, x = make(name, size)
+        m = judge.measure(dense, x)
+        dense_rows = {label: {"model": name, "variant": label, "budget": 100.0,
+                              "predicted_s": estimate(dense, x, prof).latency_s, **m}
+                      for label, prof in profiles.items()}
+    except Exception as e:  # noqa: BLE001 - any failure of a third-party model is a skip, not a crash
+        return {"rows": [], "skips": [_skip(name, "dense", e)], "wall_s": time.perf_counter() - t0}
+    rows += dense_rows.values()
+    for label, prof in profiles.items():
+        for b in budgets:
+            try:
+                rows.append(_pruned_row(name, label, prof, b, dense, x, judge, dense_rows[label]))
+            except Exception as e:  # noqa: BLE001
+                skips.append(_skip(name, f"{label} {b:g}%", e))
+    for r in rows:
+        r["ratio"] = r["predicted_s"] / r["measured_s"]
+        r["group"] = "third-party" if zoo.is_third_party(name) else "project zoo"
+        r["input"] = list(x.shape)
+    wall = time.perf_counter() - t0
+    print(f"{judge.name} {name} {tuple(x.shape)}: {len(rows)} exports, {len(skips)} skipped in {wall:.0f} s", flush=True)
+    return {"rows": rows, "skips": skips, "wall_s": wall}
+
+
+# ---------------------------------------------------------------- summary
+
+def _stats(sel: list[dict[str, Any]]) -> dict[str, Any]:
+    pred = np.array([r["predicted_s"] for r in sel])
+    meas = np.array([r["measured_s"] for r in sel])
+    judged = [r["budget_by_judge"] for r in sel if "budget_by_judge" in r]
+    pve = [r["predict_vs_estimate"] for r in sel if "predict_vs_estimate" in r]
+    return {"exports": len(sel), "mape_pct": mape(pred, meas),
+            "spearman": spearman(pred, meas) if len(sel) > 1 else float("nan"),
+            "ratio_min": float((pred / meas).min()), "ratio_max": float((pred / meas).max()),
+            "within_15pct": int(np.sum(np.abs(pred / meas - 1) <= 0.15)),
+            "budget_by_judge_min": min(judged, default=float("nan")),
+            "budget_by_judge_max": max(judged, default=float("nan")),
+            "max_predict_vs_estimate": max(pve, default=float("nan"))}
+
+
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One line per (variant, group), groups: project zoo, third-party, all."""
+    out = []
+    for label in dict.fromkeys(r["variant"] for r in rows):
+        for group in ("project zoo", "third-party", "all"):
+            sel = [r for r in rows if r["variant"] == label and group in ("all", r["group"])]
+            if sel:
+                out.append({"variant": label, "group": group, **_stats(sel)})
+    return out
+
+
+def table(judge: str, rows: list[dict[str, Any]], summ: list[dict[str, Any]], skips: list[dict[str, str]]) -> str:
+    J = {"vela": "Vela", "ort": "ORT"}[judge]
+    lines = [f"| model | input | variant | budget | ours (ms) | {J} (ms) | ours / {J} | {J} ÷ budget | pred vs est | {J} s |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        judged = f"{r['budget_by_judge']:.3f}" if "budget_by_judge" in r else "-"
+        budget = "dense" if r["budget"] == 100.0 else f"{r['budget']:g}%"
+        pve = f"{r['predict_vs_estimate']:.1e}" if "predict_vs_estimate" in r else "-"
+        lines.append(f"| {r['model']} | {r['input'][-1]} | {r['variant']} | {budget} | {r['predicted_s'] * 1e3:.4f} | "
+                     f"{r['measured_s'] * 1e3:.4f} | {r['ratio']:.3f} | {judged} | {pve} | {r['judge_s']:.0f} |")
+    lines += ["", f"| variant | models | exports | MAPE vs {J} | Spearman | ours / {J} range | within ±15% | "
+              f"{J} ÷ budget range | max pred vs est |", "|---|---|---:|---:|---:|---|---:|---|---:|"]
+    for s in summ:
+        lines.append(f"| {s['variant']} | {s['group']} | {s['exports']} | {s['mape_pct']:.1f}% | {s['spearman']:.3f} | "
+                     f"{s['ratio_min']:.2f}–{s['ratio_max']:.2f} | {s['within_15pct']}/{s['exports']} | "
+                     f"{s['budget_by_judge_min']:.3f}–{s['budget_by_judge_max']:.3f} | "
+                     f"{s['max_predict_vs_estimate']:.1e} |")
+    lines += ["", f"Goals ({J}): {GOALS[judge]}; predict == estimate within 1e-6."]
+    if skips:
+        lines += ["", "Skipped:"] + [f"- {s['model']} ({s['what']}): {s['reason']}" for s in skips]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- cache and driver
+
+def variants(profile: str, baseline: str | None) -> dict[str, HardwareProfile]:
+    """The baseline (a given TOML, or the profile without [efficiency]) and the profile as judged."""
     judged = load_profile(profile)
     base = load_profile(baseline) if baseline else dataclasses.replace(judged, efficiency=Efficiency())
     return {"baseline": base, "profile": judged}
 
 
-def run_model(name: str, profiles: dict[str, Any], budgets: list[float]) -> list[dict[str, Any]]:
-    torch.manual_seed(0)
-    x = models.example_input(name)
-    dense = models.create(name).eval()
-    tool = next(iter(profiles.values())).toolchain
-    t0 = time.perf_counter()
-    vela_dense = vela_estimate(dense, x, tool)
-    rows = []
-    for label, prof in profiles.items():
-        rows.append({"model": name, "variant": label, "budget": 100.0, "predicted_s": estimate(dense, x, prof).latency_s,
-                     "vela_s": vela_dense.latency_s(prof.compute.clock_hz), "vela_cycles": vela_dense.total_cycles,
-                     "cpu_operators": vela_dense.cpu_operators})
-    dense_vela_s = rows[0]["vela_s"]
-    for label, prof in profiles.items():
-        for b in budgets:
-            model = models.create(name).eval()
-            model.load_state_dict(dense.state_dict())
-            pruner = get_pruner("magnitude")(model, (x,), prof, f"latency={b:g}%")
-            result = pruner.finalize()
-            small = remove_pruned(model, result.graph, result.keep).eval()
-            vela = vela_estimate(small, x, tool)
-            vela_s = vela.latency_s(prof.compute.clock_hz)
-            rows.append({"model": name, "variant": label, "budget": b, "predicted_s": result.predicted.latency_s,
-                         "vela_s": vela_s, "vela_cycles": vela.total_cycles, "cpu_operators": vela.cpu_operators,
-                         "budget_by_vela": vela_s / (b / 100 * dense_vela_s),
-                         "budget_by_ours": result.achieved_ratio})
-    for r in rows:
-        r["ratio"] = r["predicted_s"] / r["vela_s"]
-    print(f"{name}: {len(rows)} exports in {time.perf_counter() - t0:.0f} s", flush=True)
-    return rows
+def cache_key(judge: Any, name: str, profiles: dict[str, HardwareProfile], budgets: list[float], size: int) -> str:
+    """Results are reusable when judge, model, input size, budgets and the profiles' contents agree."""
+    blob = json.dumps({k: p.to_dict() for k, p in profiles.items()}, sort_keys=True, default=str)
+    size = size if zoo.is_third_party(name) else 0
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return f"{judge.name}|{name}|{size}|{','.join(f'{b:g}' for b in budgets)}|{digest}"
 
 
-def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
-    out = {}
-    for label in dict.fromkeys(r["variant"] for r in rows):
-        sel = [r for r in rows if r["variant"] == label]
-        pred = np.array([r["predicted_s"] for r in sel])
-        vela = np.array([r["vela_s"] for r in sel])
-        judged = [r["budget_by_vela"] for r in sel if "budget_by_vela" in r]
-        out[label] = {"exports": len(sel), "mape_pct": mape(pred, vela), "spearman": spearman(pred, vela),
-                      "ratio_min": float((pred / vela).min()), "ratio_max": float((pred / vela).max()),
-                      "budget_by_vela_min": min(judged), "budget_by_vela_max": max(judged)}
+def run_judge(judge: Any, profiles: dict[str, HardwareProfile], names: list[str], budgets: list[float],
+              size: int, cache: dict[str, Any], cache_path: Path) -> dict[str, Any]:
+    rows, skips, walls = [], [], {}
+    for name in names:
+        key = cache_key(judge, name, profiles, budgets, size)
+        if key not in cache:
+            cache[key] = run_model(name, judge, profiles, budgets, size)
+            write_json(str(cache_path), cache)
+        else:
+            print(f"{judge.name} {name}: from cache", flush=True)
+        rows += cache[key]["rows"]
+        skips += cache[key]["skips"]
+        walls[name] = cache[key]["wall_s"]
+    summ = summary(rows)
+    return {"rows": rows, "skips": skips, "wall_s": walls, "summary": summ, "size": size,
+            "profiles": {k: p.name for k, p in profiles.items()}, "table": table(judge.name, rows, summ, skips)}
+
+
+def _judges(args: argparse.Namespace) -> list[tuple[Any, dict[str, HardwareProfile], int]]:
+    out = []
+    if args.judge in ("vela", "both"):
+        profiles = variants(args.vela_profile, args.vela_baseline)
+        out.append((VelaJudge(profiles["profile"], args.vela_cap_s), profiles, args.vela_size))
+    if args.judge in ("ort", "both"):
+        profiles = variants(args.ort_profile, args.ort_baseline)
+        out.append((OrtJudge(args.ort_budget_s), profiles, args.ort_size))
     return out
 
 
-def table(rows: list[dict[str, Any]], summ: dict[str, dict[str, float]]) -> str:
-    lines = ["| model | profile variant | budget | ours (ms) | Vela (ms) | ours / Vela | Vela ÷ budget |",
-             "|---|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        judged = f"{r['budget_by_vela']:.3f}" if "budget_by_vela" in r else "-"
-        budget = "dense" if r["budget"] == 100.0 else f"{r['budget']:g}%"
-        lines.append(f"| {r['model']} | {r['variant']} | {budget} | {r['predicted_s'] * 1e3:.4f} | "
-                     f"{r['vela_s'] * 1e3:.4f} | {r['ratio']:.3f} | {judged} |")
-    lines += ["", "| profile variant | exports | MAPE vs Vela | Spearman | ours / Vela range | Vela ÷ budget range |",
-              "|---|---:|---:|---:|---|---|"]
-    for label, s in summ.items():
-        lines.append(f"| {label} | {s['exports']} | {s['mape_pct']:.1f}% | {s['spearman']:.3f} | "
-                     f"{s['ratio_min']:.2f}–{s['ratio_max']:.2f} | {s['budget_by_vela_min']:.3f}–"
-                     f"{s['budget_by_vela_max']:.3f} |")
-    return "\n".join(lines)
+def parse_args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--judge", choices=["vela", "ort", "both"], default="vela")
+    ap.add_argument("--profile", help="the profile judged, for a single --judge (name or TOML)")
+    ap.add_argument("--baseline", help="a profile TOML judged beside it, for a single --judge "
+                                       "(default: --profile without [efficiency])")
+    ap.add_argument("--vela-profile", default="ethos-u55-128")
+    ap.add_argument("--vela-baseline")
+    ap.add_argument("--ort-profile", default="ort-cpu")
+    ap.add_argument("--ort-baseline")
+    ap.add_argument("--models", nargs="+", default=PROJECT_ZOO + [t.name for t in zoo.THIRD_PARTY],
+                    help="project zoo names and/or tv/<torchvision model>, timm/<timm model>")
+    ap.add_argument("--zoo-only", action="store_true", help="only the project zoo models among --models")
+    ap.add_argument("--budgets", nargs="+", type=float, default=[70, 50])
+    ap.add_argument("--vela-size", type=int, default=96, help="third-party input side for Vela")
+    ap.add_argument("--ort-size", type=int, default=224, help="third-party input side for onnxruntime")
+    ap.add_argument("--vela-cap-s", type=float, default=600, help="abandon a Vela compile after this many seconds")
+    ap.add_argument("--ort-budget-s", type=float, default=1.0, help="timing budget per onnxruntime measurement")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (export, tracing, Vela's quantizer)")
+    ap.add_argument("--json", help="default: bench_results/ground_truth.<judge>.json")
+    ap.add_argument("--resume", action="store_true", help="reuse per-model results cached beside --json")
+    args = ap.parse_args()
+    if args.judge == "both" and (args.profile or args.baseline):
+        ap.error("with --judge both give --vela-profile/--vela-baseline and --ort-profile/--ort-baseline")
+    if args.judge != "both":
+        if args.profile:
+            setattr(args, f"{args.judge}_profile", args.profile)
+        if args.baseline:
+            setattr(args, f"{args.judge}_baseline", args.baseline)
+    args.json = args.json or f"bench_results/ground_truth.{args.judge}.json"
+    return args
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="ethos-u55-128", help="the profile judged (name or TOML)")
-    ap.add_argument("--baseline", help="a profile TOML to judge beside it (default: --profile without [efficiency])")
-    ap.add_argument("--models", nargs="+", default=["digits-cnn", "resnet20", "resnet56", "mobilenetv2", "vgg11"])
-    ap.add_argument("--budgets", nargs="+", type=float, default=[70, 50])
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--json", default="bench_results/ground_truth.json")
-    args = ap.parse_args()
+    args = parse_args()
     torch.set_num_threads(args.threads)
-    profiles = variants(args.profile, args.baseline)
-    rows = []
-    for name in args.models:
-        rows += run_model(name, profiles, args.budgets)
-    summ = summary(rows)
-    text = table(rows, summ)
-    print(text)
-    write_json(args.json, {"machine": machine(), "args": vars(args), "rows": rows, "summary": summ, "table": text})
+    names = [n for n in args.models if not (args.zoo_only and zoo.is_third_party(n))]
+    cache_path = Path(args.json).with_suffix(".cache.json")
+    cache = json.loads(cache_path.read_text()) if args.resume and cache_path.exists() else {}
+    t0 = time.perf_counter()
+    results = {}
+    for judge, profiles, size in _judges(args):
+        results[judge.name] = run_judge(judge, profiles, names, args.budgets, size, cache, cache_path)
+        print(results[judge.name]["table"], flush=True)
+    write_json(args.json, {"machine": machine(), "args": vars(args), "wall_s": time.perf_counter() - t0,
+                           "judges": results})
 
 
 if __name__ == "__main__":

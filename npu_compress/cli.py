@@ -122,7 +122,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if args.distributed:
         check_launch()
     output = Path(args.output)
-    if _rank_from_env() == 0:  # only rank 0 writes: it checks, before any work
+    if not args.distributed or _rank_from_env() == 0:  # only rank 0 writes: it checks, before any work
         _check_outputs({"-o/--output": output, "--json": args.json,
                         "the progress file": output.with_name(output.name + ".progress") if output.name else None},
                        _input_files(args.model, args.data, args.profile))
@@ -135,7 +135,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     try:
         outcome = prune(args.model, args.data, args.profile, args.budget, structure=args.structure,
                         method=args.method, config=config, input_shape=_shape(args.input_shape),
-                        nm=_nm(args.nm), output=output if rank0 else None)
+                        nm=_nm(args.nm), output=output if rank0 else None, judge=args.judge)
     finally:
         if args.distributed:
             dist.destroy_process_group()
@@ -206,6 +206,11 @@ def _prune_table(r: dict, output: Path) -> str:
             f"{'params':<22}{d['params']:>14,}{p['params']:>14,}",
             f"{'accuracy':<22}{acc(r['dense_accuracy']):>14}{acc(r['accuracy']):>14}",
             f"achieved / budget: {r['achieved_ratio']:.4f}; units kept {r['units_kept']}/{r['units']}"]
+    if "judge" in r:
+        j = r["judge"]
+        rows.append(f"judged by Vela: our cost model was given {j['internal']} so that Vela's latency meets "
+                    f"{j['budget']} (magnitude candidate at {j['ratio']:.3f} of it; export --target ethos-u reports "
+                    "the final model's)")
     return "\n".join(rows)
 
 
@@ -383,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="checkpoint to write (atomically)")
     sp.add_argument("--json", help="also write the report as JSON here")
     sp.add_argument("--resume", action="store_true", help="continue from OUTPUT.progress after an interruption")
+    sp.add_argument("--judge", choices=["vela"], help="meet a latency budget in the chip compiler's own terms: "
+                    "Vela (Ethos-U profiles, the ethos-u extra) judges magnitude-pruned candidates before training "
+                    "and sets the budget our cost model must meet")
     sp.add_argument("--distributed", action="store_true", help="run under torchrun (DDP, gloo backend)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bars")
     sp.set_defaults(func=_cmd_prune)

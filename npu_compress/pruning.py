@@ -17,7 +17,7 @@ import torch
 
 from .checkpoint import PruneCheckpoint
 from .data import Dataset, load_dataset
-from .errors import DataError, TrainingError
+from .errors import BudgetError, DataError, TrainingError
 from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
@@ -75,8 +75,14 @@ def _check_epochs(epochs) -> None:
 def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budget: str | Budget, *,
           structure: str = "channel", method: str = "smart", config: TrainConfig,
           input_shape: tuple[int, ...] | None = None, nm: tuple[int, int] = (2, 4),
-          group_size: int | None = None, output: str | Path | None = None) -> PruneOutcome:
+          group_size: int | None = None, output: str | Path | None = None,
+          judge: str | None = None) -> PruneOutcome:
     """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``.
+
+    ``judge="vela"`` (Ethos-U profiles, the ``ethos-u`` extra): the latency budget is met in Vela's own
+    terms: before training, :func:`~npu_compress.export.vela_budget.judge_budget` finds the budget of
+    our cost model whose pruned model Vela puts within [0.93, 1.00] of ``budget``; the method prunes
+    to that, and the checkpoint's report holds the search.
 
     Reproducible: everything random (the model's initial weights included) is drawn from ``config.seed``,
     so the same seed gives a bit-identical checkpoint on CPU.
@@ -95,31 +101,56 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
 
     # fail before any training: budget feasibility (and, for N:M, which weights convert) needs no data
     Pruner(loaded.module, (example,), prof, bud, structure, nm=nm, group_size=group_size)
+    asked, judged = bud, _judge(judge, loaded.module, example, prof, bud, structure)
+    if judged is not None:
+        bud = judged.internal
 
     def make(m: torch.nn.Module):
         return cls(m, (example,), prof, bud, structure, nm=nm, group_size=group_size, **extra)
 
     run = train(loaded.module, dataset, config, make_pruner=make,
-                settings=_settings(loaded, prof, bud, structure, method, nm, group_size))
+                settings=_settings(loaded, prof, asked, structure, method, nm, group_size, judge))
     result = run.prune_result
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
-                           budget=str(bud), structure=structure, method=method, keep=result.keep.clone(),
+                           budget=str(asked), structure=structure, method=method, keep=result.keep.clone(),
                            state_dict=clean_state_dict(loaded.module), nm=tuple(nm), group_size=group_size,
-                           report=summary(result, run, dataset, method))
+                           report=summary(result, run, dataset, method, asked, judged))
     if output is not None:
         ckpt.save(output)
     return PruneOutcome(loaded.module, result, run, ckpt)
 
 
 def _settings(loaded: LoadedModel, prof: HardwareProfile, bud: Budget, structure: str, method: str,
-              nm: tuple[int, int], group_size: int | None) -> dict[str, str]:
+              nm: tuple[int, int], group_size: int | None, judge: str | None = None) -> dict[str, str]:
     """What this run is, beyond the training config and data: recorded in the progress file, checked on resume."""
     out = {"model": loaded.spec, "input_shape": ",".join(map(str, loaded.input_shape)), "method": method,
            "structure": structure, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
            "group_size": "default" if group_size is None else str(group_size)}
     if structure == "nm":
         out["nm"] = f"{nm[0]}:{nm[1]}"
+    if judge is not None:
+        out["judge"] = judge
     return out
+
+
+JUDGES = ("vela",)
+
+
+def _judge(judge: str | None, model: torch.nn.Module, example: torch.Tensor, profile: HardwareProfile,
+           budget: Budget, structure: str) -> Any:
+    """The budget judged by the chip's compiler (None: our cost model is the judge)."""
+    if judge is None:
+        return None
+    if judge not in JUDGES:
+        raise BudgetError(f"judge '{judge}' is unknown; valid: {', '.join(JUDGES)}")
+    if structure != "channel":
+        raise BudgetError(f"judge '{judge}' needs --structure channel (Vela compiles the physically pruned model)")
+    from .export.vela_budget import judge_budget
+
+    with torch.random.fork_rng(devices=[]):  # Vela's calibration inputs must not move the run's seeded RNG
+        judged = judge_budget(model, example, profile, budget)
+    log.info("%s", judged.describe())
+    return judged
 
 
 def pruner_kwargs(cls: type, mask_steps: int, dataset: Dataset) -> dict[str, Any]:
@@ -133,9 +164,13 @@ def pruner_kwargs(cls: type, mask_steps: int, dataset: Dataset) -> dict[str, Any
     return extra
 
 
-def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str) -> dict[str, Any]:
-    """The numbers a pipeline wants: costs before/after, budget exactness, accuracy."""
-    return {"method": method, "data": data.name, "profile": result.dense.profile, "budget": str(result.budget),
+def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str, budget: Budget | None = None,
+            judged: Any = None) -> dict[str, Any]:
+    """The numbers a pipeline wants: costs before/after, budget exactness, accuracy (and, with a judge,
+    the budget our cost model was given so that the judge's budget is met)."""
+    extra = {"judge": judged.to_dict()} if judged is not None else {}
+    return {**extra, "method": method, "data": data.name, "profile": result.dense.profile,
+            "budget": str(budget or result.budget),
             "target": result.target, "achieved_ratio": result.achieved_ratio,
             "units_kept": int(result.keep.sum()), "units": len(result.keep),
             "dense": _cost(result.dense), "pruned": _cost(result.predicted),

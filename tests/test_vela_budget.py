@@ -44,3 +44,38 @@ def test_judge_refuses_what_vela_cannot_judge():
         judge_budget(model, x, "ethos-u55-128", "memory=50%")
     with pytest.raises(NpuCompressError, match="names no Ethos-U accelerator"):
         judge_budget(model, x, "generic-4tops", "latency=50%")
+
+
+@pytest.mark.parametrize("extra,needle", [(["--structure", "block"], "needs --structure channel"),
+                                          (["--profile", "generic-4tops"], "names no Ethos-U accelerator"),
+                                          (["--budget", "memory=50%"], "only a latency budget")])
+def test_cli_judge_refusals_are_one_line(tmp_path, capsys, extra, needle):
+    from npu_compress.cli import main
+
+    argv = ["prune", "--model", "digits-cnn", "--data", "digits", "--profile", "ethos-u55-128", "--budget",
+            "latency=50%", "--method", "magnitude", "--epochs", "0,0,1", "--judge", "vela", "--no-progress",
+            "-o", str(tmp_path / "d.ckpt"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "Traceback" not in err[0]
+    assert not (tmp_path / "d.ckpt").exists()
+
+
+@pytest.mark.slow
+def test_cli_prune_judged_by_vela_then_export_meets_the_budget_by_vela(tmp_path, capsys):
+    """End to end: prune --judge vela, export --target ethos-u: Vela's latency of the exported program
+    within the budget as Vela counts it (dense Vela latency x 60 %)."""
+    import json
+
+    from npu_compress.cli import main
+
+    ckpt = tmp_path / "d.ckpt"
+    assert main(["prune", "--model", "digits-cnn", "--data", "digits", "--profile", "ethos-u55-128", "--budget",
+                 "latency=60%", "--method", "magnitude", "--epochs", "1,1,1", "--judge", "vela", "--no-progress",
+                 "-o", str(ckpt), "--json", str(tmp_path / "p.json")]) == 0
+    judged = json.loads((tmp_path / "p.json").read_text())["judge"]
+    assert judged["budget"] == "latency=60%" and judged["ratio"] <= HIGH
+    assert main(["export", str(ckpt), "--target", "ethos-u", "--data", "digits", "-o", str(tmp_path / "d.pte"),
+                 "--json", str(tmp_path / "e.json")]) == 0
+    vela_s = json.loads((tmp_path / "e.json").read_text())["vela_latency_s"]
+    assert vela_s <= HIGH * judged["vela_target_s"] * 1.02  # the trained keep-set, not the magnitude candidate

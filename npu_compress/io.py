@@ -47,7 +47,9 @@ def check_writable(path: str | Path) -> Path:
     try:  # os.access says yes to root and knows nothing of quotas or read-only bind mounts: try it
         fd, probe = tempfile.mkstemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=folder)
     except OSError as e:
-        raise OutputError(f"cannot write '{target}': folder '{folder}' is not writable ({_reason(e)})") from None
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT):
+            raise OutputError(f"cannot write '{target}': folder '{folder}' is not writable ({_reason(e)})") from None
+        raise OutputError(f"cannot write '{target}': {_reason(e)}") from None
     os.close(fd)
     os.unlink(probe)
     return folder

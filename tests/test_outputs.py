@@ -337,3 +337,17 @@ def test_kill_9_leftovers_are_swept_by_the_next_write(tmp_path):
     write_atomic(tmp_path / "out.toml", lambda tmp: tmp.write_text("done"))
     assert (tmp_path / "out.toml").read_text() == "done"
     assert temps(tmp_path) == sorted([alive.name, legacy_new.name, other.name])
+
+
+def test_convert_checkpoint_checks_new_before_unpickling(tmp_path, capsys, monkeypatch):
+    import npu_compress.checkpoint as checkpoint
+
+    monkeypatch.setattr(checkpoint, "convert_checkpoint", lambda *a: pytest.fail("converted before checking"))
+    old = tmp_path / "old.ckpt"
+    old.write_bytes(b"pickled")
+    os.link(old, tmp_path / "hard.ckpt")
+    (tmp_path / "dir").mkdir()
+    for new, words in (("hard.ckpt", "refusing to overwrite an input"), ("dir", "it is a folder"),
+                       ("nope/new.ckpt", "does not exist")):
+        code, _, err = run(capsys, "convert-checkpoint", old, tmp_path / new, "--trust")
+        assert code == 2 and err.count("\n") == 1 and words in err, err

@@ -23,7 +23,7 @@ import torch
 
 from ._version import __version__
 from .errors import NpuCompressError
-from .io import write_atomic
+from .io import write_torch
 
 FORMAT = "npu_compress.checkpoint"
 VERSION = 1  # the payload's keys are unchanged; only its values are now guaranteed plain
@@ -73,12 +73,9 @@ def to_plain(value: Any, where: str = "value") -> Any:
 
 def save_plain(path: str | Path, payload: Any) -> None:
     """``torch.save`` a :func:`to_plain` payload to ``path`` atomically; the bytes depend on the payload
-    only (not on the file's name), so equal payloads give byte-identical files."""
-    def write(tmp: Path) -> None:
-        with open(tmp, "wb") as f:  # a file object: torch names the zip's inner folder "archive", not after tmp
-            torch.save(payload, f)
-
-    write_atomic(path, write)
+    only (serialised in memory: torch names the zip's inner folder "archive", not after the file), so
+    equal payloads give byte-identical files, and a full disk is a one-line ``OutputError``."""
+    write_torch(path, payload)
 
 
 def safe_load(path: str | Path, what: str = "checkpoint", unsafe_hint: str = "") -> Any:

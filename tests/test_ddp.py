@@ -23,7 +23,8 @@ SCRIPT = textwrap.dedent('''
         sync(module)
         seen.append((before, bn.running_mean.clone()))
     training.sync_buffers = recording_sync
-    torch.manual_seed(rank)  # different init per rank: DDP and the pruner must still agree
+    torch.manual_seed(rank)  # a different global RNG per rank: prune() reseeds (same init everywhere); the
+    # shards, BatchNorm statistics and the pruner's steps must still agree at the end
     data = nc.load_dataset("digits").subset(384, 96)
     out = nc.prune("digits-cnn", data, "generic-4tops", "latency=50%", method="smart",
                    config=TrainConfig(Epochs(1, 2, 1), progress=False, batch_size=32))

@@ -107,7 +107,7 @@ def load_data(setup: Setup) -> Dataset:
 def pretrained(setup: Setup, data: Dataset) -> dict[str, Any]:
     path = Path(setup.work) / f"dense_{setup.model}_{setup.train}_{setup.pretrain_epochs}ep.pt"
     if path.is_file():
-        return torch.load(path, map_location="cpu", weights_only=False)
+        return torch.load(path, map_location="cpu", weights_only=True)  # tensors and numbers only
     model = models.create(setup.model, num_classes=data.num_classes)
     cfg = TrainConfig(Epochs(0, 0, setup.pretrain_epochs), lr=0.1, batch_size=setup.batch, seed=setup.seed,
                       progress=False)

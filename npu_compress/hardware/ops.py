@@ -122,6 +122,7 @@ _NORM = BATCH_NORM | LAYER_NORM | GROUP_NORM
 _POOL = SPATIAL | {"mean", "sum", "amax", "amin", "pixel_shuffle", "pixel_unshuffle"}  # vector unit, one pass
 _VIEW = RESHAPE | SPLIT | PASS | CREATE | META | {"expand", "expand_as", "as_strided"}
 _MOVE = JOIN | PERMUTE | COPYING
+_SLICES = frozenset({"slice", "narrow"})  # taking part of a tensor
 
 
 # one name for ops the two tracers spell differently (dispatch level: aten._softmax; export: softmax)
@@ -158,6 +159,8 @@ def classify(rec: OpRecord) -> OpKind:
         return OpKind.NORM
     if op in _POOL:
         return OpKind.POOL
+    if op in _SLICES and rec.activations and rec.outputs and rec.outputs[0].numel < rec.activations[0].numel:
+        return OpKind.MOVE  # a view in torch, a copy in a runtime (ONNX Slice); free unless priced
     if op in _VIEW or not rec.outputs:
         return OpKind.VIEW
     if op in _MOVE:  # a move of parameters only is folded into a constant

@@ -166,6 +166,7 @@ def class_probes(quick: bool = False) -> list[Probe]:
         out.append(Probe(f"cat {c}+{c} @{hw}", lambda s=(1, c, hw, hw): _WithConstant("cat", s), (1, c, hw, hw)))
         out.append(Probe(f"nchw->nhwc {c} @{hw}", lambda: _Unary(lambda x: x.permute(0, 2, 3, 1)), (1, c, hw, hw)))
         out.append(Probe(f"transpose {c}x{hw * hw}", lambda: _Unary(lambda x: x.transpose(1, 2)), (1, c, hw * hw)))
+        out.append(Probe(f"slice {c}->{c // 2} @{hw}", lambda c=c: _Unary(lambda x: x[:, : c // 2]), (1, c, hw, hw)))
     return out
 
 

@@ -21,7 +21,8 @@ profile without ``[efficiency]``) — the dense model and magnitude-pruned copie
   (``vela_estimate``), Vela's total cycles at the judged profile's clock;
 - ``ort``: exported by our ONNX path (``_to_onnx``, opset 17), onnxruntime CPUExecutionProvider with
   one intra-op thread, ``net_run_seconds`` (thread CPU time, interleaved with a one-op reference run
-  whose time is subtracted).
+  whose time is subtracted); all exports of one model timed in ``--ort-rounds`` interleaved rounds,
+  median per export.
 
 Reported per export: predicted ÷ measured; per pruned export the budget judged by the judge
 (measured pruned ÷ (B% × measured dense)) and ``predict_vs_estimate``, the relative difference
@@ -90,13 +91,19 @@ def _cap(seconds: float) -> Iterator[None]:
 
 @dataclasses.dataclass(frozen=True)
 class VelaJudge:
-    """Vela's cycles for the judged profile's accelerator, as seconds at that profile's clock."""
+    """Vela's cycles for the judged profile's accelerator, as seconds at that profile's clock.
+
+    ``prepare`` compiles (the work); ``measure`` only hands the figures back."""
 
     profile: HardwareProfile
     cap_s: float
     name: str = "vela"
 
-    def measure(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    @property
+    def tag(self) -> str:
+        return self.name
+
+    def prepare(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         from npu_compress.export.ethos_u import vela_estimate
 
         t0 = time.perf_counter()
@@ -104,6 +111,9 @@ class VelaJudge:
             report = vela_estimate(model, x, self.profile.toolchain)
         return {"measured_s": report.latency_s(self.profile.compute.clock_hz), "vela_cycles": report.total_cycles,
                 "cpu_operators": report.cpu_operators, "judge_s": time.perf_counter() - t0}
+
+    def measure(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return prepared
 
 
 def _session(proto: Any) -> Any:
@@ -119,19 +129,38 @@ def _session(proto: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class OrtJudge:
-    """onnxruntime CPU, one thread, our ONNX export; net run time by thread CPU clock."""
+    """onnxruntime CPU, one thread, our ONNX export; net run time by thread CPU clock.
+
+    ``prepare`` exports and opens a session; ``measure`` times all of one model's exports (dense and
+    pruned) in ``rounds`` interleaved rounds, median per export: on a shared machine, load that
+    drifts over seconds then hits dense and pruned alike, and one unlucky round does not decide."""
 
     budget_s: float
+    rounds: int
     name: str = "ort"
 
-    def measure(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+    @property
+    def tag(self) -> str:
+        return f"{self.name}(rounds={self.rounds},budget={self.budget_s:g})"
+
+    def prepare(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
         from npu_compress.export.onnx_export import _to_onnx
 
         t0 = time.perf_counter()
         session = _session(_to_onnx(model.eval(), x, 17))
         feeds = {session.get_inputs()[0].name: x.numpy()}
-        seconds = net_run_seconds(session, feeds, threads=1, budget_s=self.budget_s)
-        return {"measured_s": seconds, "judge_s": time.perf_counter() - t0}
+        return {"session": session, "feeds": feeds, "judge_s": time.perf_counter() - t0}
+
+    def measure(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        times: list[list[float]] = [[] for _ in prepared]
+        spent = [p["judge_s"] for p in prepared]
+        for _ in range(self.rounds):
+            for i, p in enumerate(prepared):
+                t0 = time.perf_counter()
+                times[i].append(net_run_seconds(p["session"], p["feeds"], threads=1, budget_s=self.budget_s))
+                spent[i] += time.perf_counter() - t0
+        return [{"measured_s": float(np.median(t)), "measured_rounds_s": t, "judge_s": s}
+                for t, s in zip(times, spent)]
 
 
 # ---------------------------------------------------------------- one model
@@ -155,41 +184,52 @@ def _skip(name: str, what: str, e: BaseException) -> dict[str, str]:
     return {"model": name, "what": what, "reason": reason}
 
 
-def _pruned_row(name: str, label: str, prof: HardwareProfile, b: float, dense: nn.Module, x: torch.Tensor,
-                judge: Any, dense_row: dict[str, Any]) -> dict[str, Any]:
+def _pruned(name: str, label: str, prof: HardwareProfile, b: float, dense: nn.Module, x: torch.Tensor,
+            dense_row: dict[str, Any]) -> tuple[dict[str, Any], nn.Module]:
+    """(row without the judge's figures, the physically pruned model) at ``latency=b%`` under ``prof``."""
     model = copy.deepcopy(dense)
     pruner = get_pruner("magnitude")(model, (x,), prof, f"latency={b:g}%")
     dense_row.setdefault("predict_vs_estimate", _rel(pruner.dense.latency_s, dense_row["predicted_s"]))
     result = pruner.finalize()
     small = remove_pruned(model, result.graph, result.keep).eval()
     est = estimate(small, x, prof).latency_s
-    m = judge.measure(small, x)
-    return {"model": name, "variant": label, "budget": b, "predicted_s": result.predicted.latency_s, **m,
-            "predict_vs_estimate": _rel(result.predicted.latency_s, est),
-            "budget_by_judge": m["measured_s"] / (b / 100 * dense_row["measured_s"]),
-            "budget_by_ours": result.achieved_ratio}
+    return ({"model": name, "variant": label, "budget": b, "predicted_s": result.predicted.latency_s,
+             "predict_vs_estimate": _rel(result.predicted.latency_s, est), "budget_by_ours": result.achieved_ratio},
+            small)
+
+
+def _judged(name: str, judge: Any, profiles: dict[str, HardwareProfile], budgets: list[float], dense: nn.Module,
+            x: torch.Tensor, skips: list[dict[str, str]]) -> list[dict[str, Any]]:
+    """Rows of one model with the judge's figures: dense (one per variant) and each pruned export."""
+    prepared = judge.prepare(dense, x)
+    dense_rows = {label: {"model": name, "variant": label, "budget": 100.0,
+                          "predicted_s": estimate(dense, x, prof).latency_s} for label, prof in profiles.items()}
+    pending = []
+    for label, prof in profiles.items():
+        for b in budgets:
+            try:
+                row, small = _pruned(name, label, prof, b, dense, x, dense_rows[label])
+                pending.append((row, judge.prepare(small, x)))
+            except Exception as e:  # noqa: BLE001 - any failure of a third-party model is a skip, not a crash
+                skips.append(_skip(name, f"{label} {b:g}%", e))
+    figures = judge.measure([prepared] + [p for _, p in pending])
+    for row in dense_rows.values():
+        row.update(figures[0])
+    for (row, _), fig in zip(pending, figures[1:]):
+        row.update(fig, budget_by_judge=fig["measured_s"] / (row["budget"] / 100 * figures[0]["measured_s"]))
+    return [*dense_rows.values(), *(row for row, _ in pending)]
 
 
 def run_model(name: str, judge: Any, profiles: dict[str, HardwareProfile], budgets: list[float],
               size: int) -> dict[str, Any]:
     """Rows (dense + pruned per variant and budget) and skips of one model under one judge."""
     t0 = time.perf_counter()
-    rows, skips = [], []
+    skips: list[dict[str, str]] = []
     try:
         dense, x = make(name, size)
-        m = judge.measure(dense, x)
-        dense_rows = {label: {"model": name, "variant": label, "budget": 100.0,
-                              "predicted_s": estimate(dense, x, prof).latency_s, **m}
-                      for label, prof in profiles.items()}
-    except Exception as e:  # noqa: BLE001 - any failure of a third-party model is a skip, not a crash
-        return {"rows": [], "skips": [_skip(name, "dense", e)], "wall_s": time.perf_counter() - t0}
-    rows += dense_rows.values()
-    for label, prof in profiles.items():
-        for b in budgets:
-            try:
-                rows.append(_pruned_row(name, label, prof, b, dense, x, judge, dense_rows[label]))
-            except Exception as e:  # noqa: BLE001
-                skips.append(_skip(name, f"{label} {b:g}%", e))
+        rows = _judged(name, judge, profiles, budgets, dense, x, skips)
+    except Exception as e:  # noqa: BLE001
+        return {"rows": [], "skips": skips + [_skip(name, "dense", e)], "wall_s": time.perf_counter() - t0}
     for r in rows:
         r["ratio"] = r["predicted_s"] / r["measured_s"]
         r["group"] = "third-party" if zoo.is_third_party(name) else "project zoo"
@@ -263,7 +303,7 @@ def cache_key(judge: Any, name: str, profiles: dict[str, HardwareProfile], budge
     blob = json.dumps({k: p.to_dict() for k, p in profiles.items()}, sort_keys=True, default=str)
     size = size if zoo.is_third_party(name) else 0
     digest = hashlib.sha256(blob.encode()).hexdigest()[:16]
-    return f"{judge.name}|{name}|{size}|{','.join(f'{b:g}' for b in budgets)}|{digest}"
+    return f"{judge.tag}|{name}|{size}|{','.join(f'{b:g}' for b in budgets)}|{digest}"
 
 
 def run_judge(judge: Any, profiles: dict[str, HardwareProfile], names: list[str], budgets: list[float],
@@ -291,7 +331,7 @@ def _judges(args: argparse.Namespace) -> list[tuple[Any, dict[str, HardwareProfi
         out.append((VelaJudge(profiles["profile"], args.vela_cap_s), profiles, args.vela_size))
     if args.judge in ("ort", "both"):
         profiles = variants(args.ort_profile, args.ort_baseline)
-        out.append((OrtJudge(args.ort_budget_s), profiles, args.ort_size))
+        out.append((OrtJudge(args.ort_budget_s, args.ort_rounds), profiles, args.ort_size))
     return out
 
 
@@ -313,6 +353,8 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--ort-size", type=int, default=224, help="third-party input side for onnxruntime")
     ap.add_argument("--vela-cap-s", type=float, default=600, help="abandon a Vela compile after this many seconds")
     ap.add_argument("--ort-budget-s", type=float, default=1.0, help="timing budget per onnxruntime measurement")
+    ap.add_argument("--ort-rounds", type=int, default=3,
+                    help="interleaved timing rounds over one model's exports (median per export)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (export, tracing, Vela's quantizer)")
     ap.add_argument("--json", help="default: bench_results/ground_truth.<judge>.json")
     ap.add_argument("--resume", action="store_true", help="reuse per-model results cached beside --json")

@@ -178,8 +178,17 @@ def _rel(a: float, b: float) -> float:
     return abs(a - b) / b
 
 
+def _brief(e: BaseException, keep: int = 160) -> str:
+    """``Type: message`` on one line, a long message cut in the middle (its head says where, its tail what)."""
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: " + (text if len(text) <= 2 * keep else f"{text[:keep]} … {text[-keep:]}")
+
+
 def _skip(name: str, what: str, e: BaseException) -> dict[str, str]:
-    reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"[:300]
+    root = e
+    while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
+        root = root.__cause__ or root.__context__
+    reason = _brief(e) + ("" if root is e else f" (from {_brief(root)})")
     print(f"  skipped {name} {what}: {reason}", flush=True)
     return {"model": name, "what": what, "reason": reason}
 

@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+from archgen import random_keep
 import torch.nn.functional as F
 from torch import nn
 
@@ -104,15 +105,6 @@ def _priced_moves(name="ethos-u55-128"):
     return dataclasses.replace(p, efficiency=Efficiency(tuple(classes.items())))
 
 
-def _keep(g, frac, seed):
-    gen = torch.Generator().manual_seed(seed)
-    keep = torch.rand(len(g.units), generator=gen) > frac
-    for group in g.groups:
-        if not keep[list(group)].any():
-            keep[group[0]] = True
-    return keep
-
-
 @pytest.mark.parametrize("priced", [False, True], ids=["moves-free", "moves-priced"])
 @pytest.mark.parametrize("cls", PATTERNS, ids=lambda c: c.__name__)
 def test_predict_equals_estimate_on_third_party_patterns(cls, priced):
@@ -123,7 +115,7 @@ def test_predict_equals_estimate_on_third_party_patterns(cls, priced):
     # something is prunable in each pattern (the autocast region too); a hand-written matmul with
     # a transposed weight is frozen by the channel analysis, so only its dense cost is compared
     assert len(g.units) >= (0 if cls is HandWrittenLinear else 4)
-    for keep in (torch.ones(len(g.units), dtype=torch.bool), _keep(g, 0.4, seed=1)):
+    for keep in (torch.ones(len(g.units), dtype=torch.bool), random_keep(g, 0.4, torch.Generator().manual_seed(1))):
         pruned = graph.remove_pruned(model, g, keep)
         actual, predicted = estimate(pruned, x, profile), predict(g, keep, profile)
         assert predicted.latency_s == pytest.approx(actual.latency_s, rel=1e-9, abs=0)

@@ -45,7 +45,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .cost import layer_cost
-from .efficiency_fit import ClassFit, efficiency_of, fit_classes, mape
+from .efficiency_fit import ClassFit, efficiency_of, fit_classes, fits_table, mape
 from .layers import LayerSpec
 from .ort_probes import OrtSample
 from .ops import OpKind
@@ -321,12 +321,7 @@ class CalibrationReport:
             fusion = self.profile.fusion
             rows += [f"fusion (onnxruntime's optimised graphs): {', '.join(fusion.activations) or 'none'} fused into "
                      f"a conv; after an elementwise op: {'yes' if fusion.after_elementwise else 'no'}",
-                     f"{'class / op':<12}{'n':>4}{'compute_scale':>15}{'elem_cycles':>13}{'overhead':>10}"
-                     f"{'MAPE before':>13}{'after':>8}"]
-            for f in self.class_fits:
-                e = f.efficiency
-                rows.append(f"{f.op_class:<12}{f.samples:>4}{e.compute_scale:>15.3f}{e.elem_cycles:>13.3f}"
-                            f"{e.overhead_cycles or 0:>10.0f}{f.mape_before:>12.1f}%{f.mape_after:>7.1f}%")
+                     *fits_table(self.class_fits, "class / op")]
         if self.skipped:
             rows.append("skipped: " + "; ".join(self.skipped))
         return "\n".join(rows)

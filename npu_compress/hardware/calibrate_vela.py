@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from .cost import op_class, trace_layers
-from .efficiency_fit import ClassFit, efficiency_of, fit_classes, ideal_cycles
+from .efficiency_fit import ClassFit, efficiency_of, fit_classes, fits_table, ideal_cycles
 from .profile import HardwareProfile
 
 log = logging.getLogger(__name__)
@@ -148,12 +148,7 @@ class VelaCalibration:
 
     def table(self) -> str:
         rows = [f"Vela {self.vela_version} on {self.accelerator}: {len(self.samples)} operators",
-                f"{'class':<12}{'n':>4}{'compute_scale':>15}{'elem_cycles':>13}{'overhead':>10}"
-                f"{'MAPE before':>13}{'after':>8}"]
-        for f in self.fits:
-            e = f.efficiency
-            rows.append(f"{f.op_class:<12}{f.samples:>4}{e.compute_scale:>15.3f}{e.elem_cycles:>13.3f}"
-                        f"{e.overhead_cycles or 0:>10.0f}{f.mape_before:>12.1f}%{f.mape_after:>7.1f}%")
+                *fits_table(self.fits)]
         rows.append(f"tile_in {self.tile_in} (mean error by candidate: "
                     + ", ".join(f"{t}: {e:.1f}%" for t, e in self.tile_errors.items()) + ")")
         if self.skipped:

@@ -107,10 +107,20 @@ def fit_classes(samples: Sequence[ClassSample], base_overhead: float, tile_in: i
     return fits
 
 
+def fits_table(fits: Sequence[ClassFit], label: str = "class") -> list[str]:
+    """The fits as table rows for people: coefficients, sample count, MAPE before and after."""
+    rows = [f"{label:<12}{'n':>4}{'compute_scale':>15}{'elem_cycles':>13}{'overhead':>10}{'MAPE before':>13}{'after':>8}"]
+    for f in fits:
+        e = f.efficiency
+        rows.append(f"{f.op_class:<12}{f.samples:>4}{e.compute_scale:>15.3f}{e.elem_cycles:>13.3f}"
+                    f"{e.overhead_cycles or 0:>10.0f}{f.mape_before:>12.1f}%{f.mape_after:>7.1f}%")
+    return rows
+
+
 def efficiency_of(fits: Sequence[ClassFit]) -> Efficiency:
     """The ``[efficiency]`` of these fits, in the order a profile file lists them."""
     order = {name: i for i, name in enumerate(efficiency_names())}
     return Efficiency(tuple((f.op_class, f.efficiency) for f in sorted(fits, key=lambda f: order[f.op_class])))
 
 
-__all__ = ["ClassFit", "ClassSample", "efficiency_of", "fit_classes", "fit_roofline", "ideal_cycles", "mape"]
+__all__ = ["ClassFit", "ClassSample", "efficiency_of", "fit_classes", "fits_table", "fit_roofline", "ideal_cycles", "mape"]

@@ -27,6 +27,9 @@ from .export.quantize import CalibrationMethod, Precision
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
 from .pruners import PRUNERS
 from .training import OptimizerKind
+from .choices import Choice, NMPattern
+from .graph.types import Structure
+from .pruning import Judge
 
 EXIT_BAD_INPUT = 2  # the user can fix it: the message says what
 EXIT_INTERNAL = 1  # anything else (a bug, or a library failing): one line, the traceback with --debug
@@ -128,7 +131,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                        _input_files(args.model, args.data, args.profile))
     if args.distributed:
         init_from_env()  # rank / world size / master address from torchrun's environment
-    config = TrainConfig(Epochs.parse(args.epochs), optimizer=OptimizerKind(args.optimizer), lr=args.lr,
+    config = TrainConfig(Epochs.parse(args.epochs), optimizer=args.optimizer, lr=args.lr,
                          batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                          checkpoint=output.with_name(output.name + ".progress"), resume=args.resume)
     rank0 = is_rank0()  # only rank 0 writes files and prints
@@ -188,11 +191,28 @@ def _shape(text: str | None):
     return parse_input_shape(text) if text else None
 
 
-def _nm(text: str) -> tuple[int, int]:
-    parts = text.split(":")
-    if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
-        raise NpuCompressError(f"--nm '{text}' must be N:M with 0 < N < M, e.g. 2:4")
-    return int(parts[0]), int(parts[1])
+def _nm(text: str) -> NMPattern:
+    return NMPattern.parse(text, "--nm", NpuCompressError)
+
+
+class Target(Choice):
+    """What ``export`` writes: ONNX (float or QDQ int8), or an Ethos-U program through Vela."""
+
+    ONNX = "onnx"
+    ETHOS_U = "ethos-u"
+
+
+def _choice(cls: type[Choice]) -> dict:
+    """argparse keywords for a closed choice: parsed to the enum member at the edge, choices listed in --help."""
+    def parse(text: str) -> Choice:
+        try:
+            return cls(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid choice: {text!r} (choose from "
+                                             f"{', '.join(cls.values())})") from None
+
+    parse.__name__ = cls.__name__
+    return {"type": parse, "choices": list(cls)}
 
 
 def _prune_table(r: dict, output: Path) -> str:
@@ -221,10 +241,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     calibration = Calibration(args.calibrate, args.calibration)
     gate = IntGate(args.min_agreement, args.max_drop, args.verify_samples)
     _check_outputs({"-o/--output": args.output, "--json": args.json}, _input_files(args.checkpoint, args.data))
-    if args.target == "ethos-u":
+    if args.target is Target.ETHOS_U:
         from .export.ethos_u import export_ethos_u
 
-        if args.precision not in (None, "int8"):
+        if args.precision not in (None, Precision.INT8):
             raise NpuCompressError(f"--target ethos-u writes int8 only (got --precision {args.precision})")
         report = export_ethos_u(args.checkpoint, args.output, data=args.data, calibration=calibration, gate=gate,
                                 verify=not args.no_verify, require_npu=args.require_npu)
@@ -376,12 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--data", required=True, help="'digits' (bundled) or a .npz with x_train,y_train,x_test,y_test")
     sp.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile name or .toml (default {DEFAULT_PROFILE})")
     sp.add_argument("--budget", required=True, help="latency=2.5ms | latency=50%% | memory=1.5MiB | memory=40%%")
-    sp.add_argument("--structure", default="channel", choices=["channel", "block", "nm"])
+    sp.add_argument("--structure", default=Structure.CHANNEL, **_choice(Structure))
     sp.add_argument("--nm", default="2:4", help="N:M pattern for --structure nm (default 2:4)")
     sp.add_argument("--method", default="smart", choices=sorted(PRUNERS))
     sp.add_argument("--epochs", default="2,6,2", type=_prune_epochs, help="warm-up,mask,fine-tune epochs "
                     "(default 2,6,2; mask + fine-tune >= 1)")
-    sp.add_argument("--optimizer", default="sgd", choices=[o.value for o in OptimizerKind])
+    sp.add_argument("--optimizer", default=OptimizerKind.SGD, **_choice(OptimizerKind))
     sp.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate, > 0 (default 0.05)")
     sp.add_argument("--batch-size", type=_positive_int, default=64)
     sp.add_argument("--seed", type=int, default=0)
@@ -389,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", required=True, help="checkpoint to write (atomically)")
     sp.add_argument("--json", help="also write the report as JSON here")
     sp.add_argument("--resume", action="store_true", help="continue from OUTPUT.progress after an interruption")
-    sp.add_argument("--judge", choices=["vela"], help="meet a latency budget in the chip compiler's own terms: "
+    sp.add_argument("--judge", **_choice(Judge), help="meet a latency budget in the chip compiler's own terms: "
                     "Vela (Ethos-U profiles, the ethos-u extra) judges magnitude-pruned candidates before training "
                     "and sets the budget our cost model must meet")
     sp.add_argument("--distributed", action="store_true", help="run under torchrun (DDP, gloo backend)")
@@ -400,14 +420,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "and a report")
     se.add_argument("checkpoint", help="a checkpoint written by 'npu-compress prune'")
     se.add_argument("-o", "--output", required=True, help="the .onnx (or .pte) to write (atomically, only if verified)")
-    se.add_argument("--target", default="onnx", choices=["onnx", "ethos-u"],
+    se.add_argument("--target", default=Target.ONNX, **_choice(Target),
                     help="onnx (default) | ethos-u: ExecuTorch program compiled by Arm Vela (extra: .[ethos-u])")
-    se.add_argument("--precision", choices=[p.value for p in Precision],
+    se.add_argument("--precision", **_choice(Precision),
                     help="fp32 | int8 (QDQ); default: the profile's compute.dtype (an int8 chip gets int8)")
     se.add_argument("--data", help="'digits' or an .npz: int8 calibration (training split) and checks on its test "
                     "split; without it int8 is calibrated and checked on random inputs only")
     se.add_argument("--calibration", type=int, default=256, help="int8: calibration samples (default 256)")
-    se.add_argument("--calibrate", default="minmax", choices=[m.value for m in CalibrationMethod],
+    se.add_argument("--calibrate", default=CalibrationMethod.MINMAX, **_choice(CalibrationMethod),
                     help="int8: how activation ranges are chosen (default minmax)")
     se.add_argument("--min-agreement", type=float, default=DEFAULT_MIN_AGREEMENT,
                     help=f"int8: least top-1 agreement with the float model, 0..1 (default {DEFAULT_MIN_AGREEMENT})")

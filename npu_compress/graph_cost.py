@@ -17,11 +17,12 @@ from typing import Any
 import torch
 
 from .hardware.budget import BudgetKind, measure
-from .hardware.cost import DENSE, CostReport, WeightFormat, layer_cost, report_from_layers
+from .hardware.cost import DENSE, CostReport, FormatKind, WeightFormat, layer_cost, report_from_layers
 from .hardware.export_records import records_from_exported
 from .hardware.layers import LayerSpec, layers_from_records, peak_activation_elems, spec_from_record
 from .hardware.ops import OpKind, OpRecord, TensorMeta
 from .hardware.profile import HardwareProfile
+from .graph.types import Structure
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,13 @@ def _costed(graph: Any, keep: Any) -> _Costed:
 
 def weight_formats(graph: Any, keep: Any) -> dict[str, WeightFormat]:
     """Packed storage per weight for a block / N:M keep-set (empty for channel graphs)."""
-    structure = graph.structure.value
-    if structure == "channel":
+    if graph.structure is Structure.CHANNEL:
         return {}
     fractions = graph.kept_fraction(keep)
-    if structure == "block":
-        return {p: WeightFormat("block", density=f) for p, f in fractions.items()}
+    if graph.structure is Structure.BLOCK:
+        return {p: WeightFormat(FormatKind.BLOCK, density=f) for p, f in fractions.items()}
     n, m = graph.nm  # a weight is stored N:M once any of its entries is dropped; dense otherwise
-    return {p: WeightFormat("nm", density=n / m, n=n, m=m) for p, f in fractions.items() if f < 1.0}
+    return {p: WeightFormat(FormatKind.NM, density=n / m, n=n, m=m) for p, f in fractions.items() if f < 1.0}
 
 
 def predict(graph: Any, keep: Any, profile: HardwareProfile) -> CostReport:
@@ -77,7 +77,7 @@ def predict(graph: Any, keep: Any, profile: HardwareProfile) -> CostReport:
 def _kept_params(graph: Any, keep: Any) -> int:
     """Parameter count after removing the unkept channel units (block / N:M: unchanged, zeros count)."""
     removed: dict[tuple[str, int], set[int]] = {}
-    if graph.structure.value == "channel":
+    if graph.structure is Structure.CHANNEL:
         for u in (~graph.check_keep(keep)).nonzero().flatten().tolist():
             for sl in graph.units[u].slices:
                 removed.setdefault((sl.param, sl.dim), set()).update(sl.indices().tolist())
@@ -96,7 +96,7 @@ def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, kee
     kind = BudgetKind(kind)
     n = graph.num_units
     keep = torch.ones(n, dtype=torch.bool) if keep is None else graph.check_keep(keep, soft=True).detach() > 0.5
-    if graph.structure.value != "channel":
+    if graph.structure is not Structure.CHANNEL:
         return _weight_unit_costs(graph, profile, kind, keep)
     base = _costed(graph, keep)
     base_cost = [measure(layer_cost(s, profile), kind) for s in base.layers]
@@ -142,7 +142,7 @@ def _weight_unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind, k
             continue
         fmt = formats.get(spec.weight_param, DENSE)
         step = 1.0 / float(sizes[i])
-        if fmt.kind == "nm":  # one N:M weight: its share of the weight's (packed) cost
+        if fmt.kind is FormatKind.NM:  # one N:M weight: its share of the weight's (packed) cost
             per_param[i] = measure(layer_cost(spec, profile, fmt), kind) * step
         else:
             less = WeightFormat(fmt.kind, max(fmt.density - step, 0.0), fmt.n, fmt.m)

@@ -16,8 +16,10 @@ from typing import Any
 import torch
 
 from .checkpoint import PruneCheckpoint
+from .choices import Choice, NMPattern
 from .data import Dataset, load_dataset
 from .errors import BudgetError, DataError, TrainingError
+from .graph.types import PruningGraphError, Structure
 from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
@@ -88,6 +90,7 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     so the same seed gives a bit-identical checkpoint on CPU.
     """
     _check_epochs(config.epochs)
+    structure, nm = Structure.parse(structure), NMPattern.parse(nm, "nm", PruningGraphError)
     seed_everything(config.seed)  # before the model is built: its initial weights come from the seed
     loaded = load_model(model, input_shape)
     dataset = (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
@@ -112,7 +115,7 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
                 settings=_settings(loaded, prof, asked, structure, method, nm, group_size, judge))
     result = run.prune_result
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
-                           budget=str(asked), structure=structure, method=method, keep=result.keep.clone(),
+                           budget=str(asked), structure=structure.value, method=method, keep=result.keep.clone(),
                            state_dict=clean_state_dict(loaded.module), nm=tuple(nm), group_size=group_size,
                            report=summary(result, run, dataset, method, asked, judged))
     if output is not None:
@@ -120,30 +123,35 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     return PruneOutcome(loaded.module, result, run, ckpt)
 
 
-def _settings(loaded: LoadedModel, prof: HardwareProfile, bud: Budget, structure: str, method: str,
+def _settings(loaded: LoadedModel, prof: HardwareProfile, bud: Budget, structure: Structure, method: str,
               nm: tuple[int, int], group_size: int | None, judge: str | None = None) -> dict[str, str]:
     """What this run is, beyond the training config and data: recorded in the progress file, checked on resume."""
     out = {"model": loaded.spec, "input_shape": ",".join(map(str, loaded.input_shape)), "method": method,
-           "structure": structure, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
+           "structure": structure.value, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
            "group_size": "default" if group_size is None else str(group_size)}
-    if structure == "nm":
-        out["nm"] = f"{nm[0]}:{nm[1]}"
+    if structure is Structure.NM:
+        out["nm"] = str(NMPattern(*nm))
     if judge is not None:
-        out["judge"] = judge
+        out["judge"] = str(judge)
     return out
 
 
-JUDGES = ("vela",)
+class Judge(Choice):
+    """Whose latency a budget is met in: ``vela`` (Arm's compiler, Ethos-U profiles); None is our cost model."""
+
+    VELA = "vela"
 
 
-def _judge(judge: str | None, model: torch.nn.Module, example: torch.Tensor, profile: HardwareProfile,
-           budget: Budget, structure: str) -> Any:
+JUDGES = tuple(Judge.values())
+
+
+def _judge(judge: str | Judge | None, model: torch.nn.Module, example: torch.Tensor, profile: HardwareProfile,
+           budget: Budget, structure: Structure) -> Any:
     """The budget judged by the chip's compiler (None: our cost model is the judge)."""
     if judge is None:
         return None
-    if judge not in JUDGES:
-        raise BudgetError(f"judge '{judge}' is unknown; valid: {', '.join(JUDGES)}")
-    if structure != "channel":
+    judge = Judge.parse(judge, "judge", BudgetError)
+    if structure is not Structure.CHANNEL:
         raise BudgetError(f"judge '{judge}' needs --structure channel (Vela compiles the physically pruned model)")
     from .export.vela_budget import judge_budget
 

@@ -11,7 +11,6 @@ from it exactly: same seed, same settings => the same weights and keep-set as an
 """
 from __future__ import annotations
 
-import enum
 import logging
 import math
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .choices import Choice
 from .checkpoint import CheckpointError
 from .data import Dataset
 from .distributed import any_rank, broadcast_module, is_distributed, is_rank0, sync_buffers, wrap_ddp
@@ -32,7 +32,15 @@ from .progress import describe_data, describe_model, epoch_seed, load_progress, 
 log = logging.getLogger(__name__)
 
 
-class OptimizerKind(str, enum.Enum):
+class Phase(Choice):
+    """The three phases of a run, in order."""
+
+    WARMUP = "warmup"  # dense training
+    MASK = "mask"  # the pruner learns (or decides) the masks; its parameters train in their own optimiser
+    FINETUNE = "finetune"  # the hard mask fixed
+
+
+class OptimizerKind(Choice):
     SGD = "sgd"
     ADAMW = "adamw"
 
@@ -73,6 +81,7 @@ class TrainConfig:
     resume: bool = False
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "optimizer", OptimizerKind.parse(self.optimizer, "optimizer", TrainingError))
         for name in ("lr", "mask_lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
@@ -107,7 +116,7 @@ def evaluate(model: nn.Module, loader) -> float:
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.optimizer == OptimizerKind.SGD:
+    if cfg.optimizer is OptimizerKind.SGD:
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay, nesterov=True)
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
@@ -120,11 +129,11 @@ def _cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.
 class _Phase:
     """One phase's optimiser(s) and schedule over ``epochs`` epochs of ``batches`` steps."""
 
-    def __init__(self, name: str, model: nn.Module, cfg: TrainConfig, epochs: int, batches: int, pruner: Any):
+    def __init__(self, name: Phase, model: nn.Module, cfg: TrainConfig, epochs: int, batches: int, pruner: Any):
         self.name, self.pruner = name, pruner
         self.opt = _optimizer(model, cfg)
         self.sched = _cosine(self.opt, epochs * batches)
-        extra = list(pruner.parameters()) if pruner is not None and name == "mask" else []
+        extra = list(pruner.parameters()) if pruner is not None and name is Phase.MASK else []
         self.mask_opt = torch.optim.Adam(extra, lr=cfg.mask_lr) if extra else None
 
     def step(self, loss: torch.Tensor) -> None:
@@ -140,7 +149,7 @@ class _Phase:
         self.sched.step()
 
     def state_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
+        return {"name": self.name.value, "opt": self.opt.state_dict(), "sched": self.sched.state_dict(),
                 "mask_opt": self.mask_opt.state_dict() if self.mask_opt else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -170,7 +179,7 @@ def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) 
         loss_sum += value * len(y)
         correct += int((out.argmax(1) == y).sum())
         post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
-        if phase.name == "mask" and progress and i % 10 == 0:  # state() runs the cost model: not every batch
+        if phase.name is Phase.MASK and progress and i % 10 == 0:  # state() runs the cost model: not every batch
             state = phase.pruner.state()
             post.update({k: f"{state[k]:.3g}" for k in ("tau", "fractional", "predicted") if k in state})
             bar.set_postfix(post)
@@ -205,32 +214,32 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callab
     net = model  # under DDP: a wrapper rebuilt each phase (the pruner re-wraps parameters); pruner uses ``model``
     batches = len(train_loader)
     result = TrainResult()
-    plan = ["warmup"] * cfg.epochs.warmup + ["mask"] * cfg.epochs.mask + ["finetune"] * cfg.epochs.finetune
+    plan = [Phase.WARMUP] * cfg.epochs.warmup + [Phase.MASK] * cfg.epochs.mask + [Phase.FINETUNE] * cfg.epochs.finetune
     run = _run_settings(model, data, cfg, settings) if cfg.checkpoint is not None else {}
     start, pruner, saved_phase = _resume(cfg, run, model, make_pruner, result)
     phase = None
     for epoch in range(start, len(plan)):
         name = plan[epoch]
-        if name != "warmup" and pruner is None and make_pruner is not None:
+        if name is not Phase.WARMUP and pruner is None and make_pruner is not None:
             pruner = make_pruner(model)
-        if name == "finetune" and pruner is not None and pruner.result is None:
+        if name is Phase.FINETUNE and pruner is not None and pruner.result is None:
             result.prune_result = pruner.finalize()
-        if phase is None or phase.name != name:
+        if phase is None or phase.name is not name:
             phase = _Phase(name, model, cfg, plan.count(name), batches, pruner)
             net = wrap_ddp(model) if distributed else model  # buffers: synced after each epoch, not each forward
-            if saved_phase is not None and saved_phase["name"] == name:
+            if saved_phase is not None and Phase.parse(saved_phase["name"]) is name:
                 phase.load_state_dict(saved_phase)  # resumed inside this phase
             saved_phase = None
         _shuffle_for(train_loader, cfg.seed, epoch)
         stats = _epoch(net, train_loader, phase, cfg.progress and rank0, f"{name} {epoch + 1}/{len(plan)}")
         sync_buffers(model)  # before evaluating, saving, building or finalizing the pruner
-        stats.update(epoch=epoch, phase=name, test_acc=evaluate(model, test_loader))
+        stats.update(epoch=epoch, phase=name.value, test_acc=evaluate(model, test_loader))
         if pruner is not None:
             stats.update({k: v for k, v in pruner.state().items() if isinstance(v, (int, float))})
         result.history.append(stats)
         log.info("epoch %d (%s): %s", epoch + 1, name, {k: round(v, 4) if isinstance(v, float) else v
                                                         for k, v in stats.items()})
-        if name == "warmup" and epoch == cfg.epochs.warmup - 1:
+        if name is Phase.WARMUP and epoch == cfg.epochs.warmup - 1:
             result.dense_accuracy = stats["test_acc"]
         if cfg.checkpoint is not None and rank0:
             _save_progress(cfg, epoch, model, pruner, phase, result, run)
@@ -269,7 +278,7 @@ def _run_settings(model: nn.Module, data: Dataset, cfg: TrainConfig, extra: Mapp
     world = torch.distributed.get_world_size() if is_distributed() else 1
     return {**(extra or {}), "architecture": describe_model(model), "data": describe_data(data),
             "epochs": f"{e.warmup},{e.mask},{e.finetune}", "seed": str(cfg.seed),
-            "optimizer": OptimizerKind(cfg.optimizer).value, "lr": repr(cfg.lr), "mask_lr": repr(cfg.mask_lr),
+            "optimizer": cfg.optimizer.value, "lr": repr(cfg.lr), "mask_lr": repr(cfg.mask_lr),
             "weight_decay": repr(cfg.weight_decay), "momentum": repr(cfg.momentum),
             "batch_size": str(cfg.batch_size), "world_size": str(world)}
 

@@ -143,7 +143,7 @@ def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path
     was_training = job.masked.training
     job.masked.eval()
     try:
-        model = remove_pruned(job.masked, job.graph, job.keep) if job.structure == "channel" else \
+        model = remove_pruned(job.masked, job.graph, job.keep) if job.channel else \
             copy.deepcopy(job.masked)
         model.eval()
         quantized, calibrated_on = _quantize(model, job.example, tool, dataset, calibration)
@@ -158,10 +158,10 @@ def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path
                               "nothing written (drop --require-npu to accept)")
         log.warning("%d operator(s) run on the CPU: %s", len(names), ", ".join(names))
     write_atomic(path, lambda tmp: tmp.write_bytes(program))
-    formats = weight_formats(job.graph, job.keep) if job.structure in ("block", "nm") else None
-    predicted = estimate(model if job.structure == "channel" else job.masked, job.example, job.profile,
+    formats = weight_formats(job.graph, job.keep) if job.packed_format is not None else None
+    predicted = estimate(model if job.channel else job.masked, job.example, job.profile,
                          formats=formats)
-    return EthosUReport(str(path), job.profile.name, job.structure, Path(path).stat().st_size, vela, predicted,
+    return EthosUReport(str(path), job.profile.name, job.label, Path(path).stat().st_size, vela, predicted,
                         job.profile.compute.clock_hz, check, calibrated_on, outside)
 
 

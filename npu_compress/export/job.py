@@ -19,7 +19,8 @@ from torch import nn
 from ..checkpoint import CheckpointError, PruneCheckpoint
 from ..data import Dataset, load_dataset
 from ..errors import NpuCompressError
-from ..graph import build
+from ..graph import Structure, build
+from ..hardware.cost import FormatKind
 from ..hardware.profile import HardwareProfile, load_profile, profile_from_dict
 from ..modelspec import load_model
 from .quantize import Precision
@@ -40,12 +41,26 @@ class Job:
     masked: nn.Module  # the model as trained: pruned units are zeros, original shapes
     example: torch.Tensor  # (1, ...) example input
     profile: HardwareProfile
-    structure: str  # "dense" | "channel" | "block" | "nm"
+    structure: Structure | None  # None: a dense model (not pruned)
     graph: Any = None
     keep: torch.Tensor | None = None
     budget: str | None = None
     nm: tuple[int, int] = (2, 4)
     profile_known: bool = True  # False: a plain model with no profile given (precision defaults to fp32)
+
+    @property
+    def label(self) -> str:
+        """``dense`` or the structure's name, for reports and file metadata."""
+        return "dense" if self.structure is None else self.structure.value
+
+    @property
+    def channel(self) -> bool:
+        return self.structure is Structure.CHANNEL
+
+    @property
+    def packed_format(self) -> FormatKind | None:
+        """How pruned weights are packed in the file: blocks, N:M, or not at all (dense, channel)."""
+        return {Structure.BLOCK: FormatKind.BLOCK, Structure.NM: FormatKind.NM}.get(self.structure)
 
     def default_precision(self) -> Precision:
         return Precision.default_for(self.profile.compute.dtype) if self.profile_known else Precision.FP32
@@ -76,11 +91,12 @@ def _from_checkpoint(path: Path) -> Job:
                               f"(was it written for another model?): {str(e).splitlines()[0]}") from None
     profile = profile_from_dict(tomllib.loads(ckpt.profile_toml), where=f"{path} (profile)")
     example = torch.zeros(1, *ckpt.input_shape[1:])
-    graph = build(loaded.module, (example,), profile, ckpt.structure, nm=tuple(ckpt.nm), group_size=ckpt.group_size)
+    structure = Structure.parse(ckpt.structure)
+    graph = build(loaded.module, (example,), profile, structure, nm=tuple(ckpt.nm), group_size=ckpt.group_size)
     if graph.num_units != len(ckpt.keep):
         raise CheckpointError(f"checkpoint '{path}' has {len(ckpt.keep)} units but model '{ckpt.model_spec}' has "
                               f"{graph.num_units} with structure {ckpt.structure}: written for another model")
-    return Job(loaded.module, example, profile, ckpt.structure, graph, ckpt.keep.bool(), ckpt.budget, tuple(ckpt.nm))
+    return Job(loaded.module, example, profile, structure, graph, ckpt.keep.bool(), ckpt.budget, tuple(ckpt.nm))
 
 
 def _from_model(model: nn.Module, example_inputs: Any, profile: Any) -> Job:
@@ -89,21 +105,22 @@ def _from_model(model: nn.Module, example_inputs: Any, profile: Any) -> Job:
     example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
     shared = getattr(model, "_npu_compress_result", None)
     if shared is None:
-        return Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), "dense",
+        return Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), None,
                     profile_known=profile is not None)
     result = shared.value  # carries the profile object itself: a user's own .toml need not be findable by name
     return Job(model, example[:1], load_profile(profile) if profile is not None else result.profile,
-                result.graph.structure.value, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
+                result.graph.structure, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
 
 
 def job_from(model_or_checkpoint: nn.Module | str | Path, example_inputs: Any = None,
-             profile: str | HardwareProfile | None = None, structure: str | None = None) -> Job:
+             profile: str | HardwareProfile | None = None, structure: str | Structure | None = None) -> Job:
     """What to export, from a checkpoint path or a model (finalized by a pruner, or dense)."""
     src = model_or_checkpoint
     job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
-    if structure is not None and structure != job.structure:
+    asked = None if structure is None or structure == "dense" else Structure.parse(structure)
+    if structure is not None and asked is not job.structure:
         raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "
-                               f"'{job.structure}' (dense: not pruned); export it as '{job.structure}'")
+                               f"'{job.label}' (dense: not pruned); export it as '{job.label}'")
     return job
 
 

@@ -126,7 +126,7 @@ def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, e
 def _stamp(proto: onnx.ModelProto, job: Job, precision: Precision) -> None:
     onnx.helper.set_model_props(proto, {**{e.key: e.value for e in proto.metadata_props},
                                         "npu_compress.version": __version__, "npu_compress.profile": job.profile.name,
-                                        "npu_compress.structure": job.structure, "npu_compress.budget": job.budget or "",
+                                        "npu_compress.structure": job.label, "npu_compress.budget": job.budget or "",
                                         "npu_compress.precision": precision.value})
     try:
         onnx.checker.check_model(proto)
@@ -135,9 +135,9 @@ def _stamp(proto: onnx.ModelProto, job: Job, precision: Precision) -> None:
 
 
 def _pack(proto: onnx.ModelProto, job: Job) -> list:
-    if job.structure not in ("block", "nm"):
+    if job.packed_format is None:
         return []
-    return pack_weights(proto, job.structure, tuple(job.profile.tiling.block), job.nm)
+    return pack_weights(proto, job.packed_format, tuple(job.profile.tiling.block), job.nm)
 
 
 def _float_check(tmp: Path, path: Path, reference: nn.Module, job: Job, o: _Options):
@@ -149,7 +149,7 @@ def _float_check(tmp: Path, path: Path, reference: nn.Module, job: Job, o: _Opti
 
 
 def _export(job: Job, path: Path, o: _Options, reference: nn.Module) -> ExportReport:
-    channel = job.structure == "channel"
+    channel = job.channel
     exported_model = remove_pruned(job.masked, job.graph, job.keep) if channel else copy.deepcopy(job.masked)
     proto = _to_onnx(exported_model, job.example, o.opset)
     # the dense model's ONNX weights, to show what pruning saved in the file
@@ -190,7 +190,7 @@ def _calibration_inputs(job: Job, o: _Options) -> tuple[torch.Tensor, str]:
 
 def _pack_exactly(proto: onnx.ModelProto, job: Job, tmp: Path) -> list:
     """Pack the int8 weights and check the packed graph computes what the unpacked one does."""
-    if job.structure not in ("block", "nm"):
+    if job.packed_format is None:
         return []
     unpacked = tmp.with_name(tmp.name + ".unpacked")
     try:
@@ -225,14 +225,14 @@ def _report(job: Job, path: Path, exported_model: nn.Module, proto: onnx.ModelPr
             packed: list, verification: Any, o: _Options, agreement: AgreementResult | None,
             calibrated_on: str | None) -> ExportReport:
     dense = estimate(job.masked, job.example, job.profile)
-    if job.structure == "channel":
+    if job.channel:
         pruned = estimate(exported_model, job.example, job.profile)
-    elif job.structure in ("block", "nm"):
+    elif job.packed_format is not None:
         pruned = estimate(job.masked, job.example, job.profile, formats=weight_formats(job.graph, job.keep))
     else:
         pruned = dense
     predicted = predict(job.graph, job.keep, job.profile) if job.graph is not None else None
-    return ExportReport(path=str(path), structure=job.structure, profile=job.profile.name, opset=o.opset,
+    return ExportReport(path=str(path), structure=job.label, profile=job.profile.name, opset=o.opset,
                         file_bytes=path.stat().st_size, onnx_weight_bytes=onnx_weight_bytes(proto),
                         onnx_dense_weight_bytes=dense_bytes, dense=dense, pruned=pruned, predicted=predicted,
                         verification=verification, packed=packed,

@@ -28,11 +28,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from ..hardware.cost import FormatKind
+
 
 @dataclass(frozen=True)
 class PackedWeight:
     name: str
-    format: str  # "block" | "nm"
+    format: FormatKind  # BLOCK | NM
     shape: tuple[int, ...]
     density: float  # kept blocks / all blocks, or N / M
     dense_bytes: int
@@ -165,9 +167,11 @@ def onnx_dtype(dtype: np.dtype) -> int:
     return helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
 
 
-def pack_weights(model: onnx.ModelProto, fmt: str, block: tuple[int, int] = (16, 16),
+def pack_weights(model: onnx.ModelProto, fmt: FormatKind | str, block: tuple[int, int] = (16, 16),
                  nm: tuple[int, int] = (2, 4)) -> list[PackedWeight]:
     """Pack, in place, every weight whose zeros make the ``fmt`` form smaller. Returns what was packed."""
+    fmt = FormatKind.parse(fmt, "packed format")
+    is_block = fmt is FormatKind.BLOCK
     graph = model.graph
     users = _weight_users(graph)
     packed: list[PackedWeight] = []
@@ -177,7 +181,7 @@ def pack_weights(model: onnx.ModelProto, fmt: str, block: tuple[int, int] = (16,
             keep_inits.append(init)
             continue
         w = numpy_helper.to_array(init)
-        made = _block_nodes(init.name, w, users[init.name], *block) if fmt == "block" else \
+        made = _block_nodes(init.name, w, users[init.name], *block) if is_block else \
             _nm_nodes(init.name, w, users[init.name], *nm)
         if made is None or made[3] + made[4] >= w.nbytes:
             keep_inits.append(init)
@@ -191,8 +195,8 @@ def pack_weights(model: onnx.ModelProto, fmt: str, block: tuple[int, int] = (16,
     nodes = list(graph.node)
     del graph.node[:]
     graph.node.extend(new_nodes + nodes)  # the weights are computed before anything reads them
-    layout = {"format": fmt, "block": list(block) if fmt == "block" else None,
-              "n": nm[0] if fmt == "nm" else None, "m": nm[1] if fmt == "nm" else None,
+    layout = {"format": fmt.value, "block": list(block) if is_block else None,
+              "n": None if is_block else nm[0], "m": None if is_block else nm[1],
               "tensors": {p.name: {"shape": list(p.shape), "density": round(p.density, 6)} for p in packed}}
     helper.set_model_props(model, {**{e.key: e.value for e in model.metadata_props},
                                    "npu_compress.sparse_layout": json.dumps(layout)})

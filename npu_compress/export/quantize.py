@@ -23,6 +23,7 @@ import numpy as np
 import onnx
 import torch
 
+from ..choices import Choice
 from ..errors import NpuCompressError
 from ..hardware.profile import DType
 
@@ -39,7 +40,7 @@ def _parse_choice(cls: type[enum.Enum], value: object, where: str):
                                f"{', '.join(str(m.value) for m in cls)}") from None
 
 
-class Precision(str, enum.Enum):
+class Precision(Choice):
     """What the exported file computes in."""
 
     FP32 = "fp32"
@@ -55,7 +56,7 @@ class Precision(str, enum.Enum):
         return cls.INT8 if dtype in (DType.INT8, DType.INT16) else cls.FP32
 
 
-class CalibrationMethod(str, enum.Enum):
+class CalibrationMethod(Choice):
     """How activation ranges are chosen from the calibration samples (onnxruntime's calibrators)."""
 
     MINMAX = "minmax"  # the observed range: exact on the samples, sensitive to outliers

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten
 
+from ..choices import NMPattern
 from .channel_ops import ChannelWalk
 from .channel_units import ChannelUnits, build_channel_units, kept_counts
 from .export_trace import Trace, as_tuple
@@ -167,14 +168,8 @@ def _output_vals(trace: Trace) -> list:
     return [n.meta["val"] for n in flat if hasattr(n, "meta") and isinstance(n.meta.get("val"), torch.Tensor)]
 
 
-def _check_nm(nm: Any) -> tuple[int, int]:
-    try:
-        n, m = (int(v) for v in nm)
-    except (TypeError, ValueError):
-        raise PruningGraphError(f"nm must be a pair (N, M) of integers, got {nm!r}") from None
-    if not 1 <= n < m:
-        raise PruningGraphError(f"nm=({n}, {m}) is invalid: need 1 <= N < M (e.g. (2, 4))")
-    return n, m
+def _check_nm(nm: Any) -> NMPattern:
+    return NMPattern.parse(nm, "nm", PruningGraphError)
 
 
 def build(model: nn.Module, example_inputs: Any, profile: Any, structure: Union[str, Structure] = "channel",

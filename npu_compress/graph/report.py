@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from .types import Structure
+
 
 def render(graph) -> str:
     lines = []
-    s = graph.structure.value
+    s = graph.structure
     if graph._channel is not None:
         cu = graph._channel
         lines.append(f"channel graph: {graph.num_units} units in {len(graph.groups)} groups "
@@ -31,7 +33,7 @@ def render(graph) -> str:
             lines.append(f"  - {op} at {node}: {reason} ({n} channels)")
     else:
         wu = graph._weights
-        what = f"blocks {wu.layouts[0].tile}" if s == "block" and wu.layouts else f"N:M {graph.nm}"
+        what = f"blocks {wu.layouts[0].tile}" if s is Structure.BLOCK and wu.layouts else f"N:M {graph.nm}"
         lines.append(f"{s} graph: {graph.num_units} units in {len(graph.groups)} groups over "
                      f"{len(wu.layouts)} weights ({what})")
         for param, reason in wu.skipped:

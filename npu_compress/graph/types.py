@@ -16,13 +16,13 @@ Block / N:M example: a block unit of ``fc.weight`` (shape (16, 32), block (8, 8)
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 from typing import Union
 
 import numpy as np
 import torch
 
+from ..choices import Choice
 from ..errors import NpuCompressError
 
 
@@ -30,7 +30,7 @@ class PruningGraphError(NpuCompressError, ValueError):
     """Bad input to the pruning graph: unknown structure, bad N:M, keep vector of the wrong size."""
 
 
-class Structure(str, enum.Enum):
+class Structure(Choice):
     """What a unit is: a group of coupled channels, a weight block, or one weight of an N:M group."""
 
     CHANNEL = "channel"
@@ -38,12 +38,8 @@ class Structure(str, enum.Enum):
     NM = "nm"
 
     @classmethod
-    def parse(cls, value: "str | Structure") -> "Structure":
-        try:
-            return cls(value)
-        except ValueError:
-            allowed = ", ".join(s.value for s in cls)
-            raise PruningGraphError(f"unknown structure {value!r}; allowed: {allowed}") from None
+    def parse(cls, value: "str | Structure", what: str = "structure", error: type = PruningGraphError) -> "Structure":
+        return super().parse(value, what, error)
 
 
 @dataclass(frozen=True, eq=False)

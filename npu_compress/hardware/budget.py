@@ -8,16 +8,16 @@ Example::
 """
 from __future__ import annotations
 
-import enum
 import math
 import re
 from dataclasses import dataclass
 
+from ..choices import Choice
 from ..errors import BudgetError
 from .cost import CostReport, LayerCost
 
 
-class BudgetKind(str, enum.Enum):
+class BudgetKind(Choice):
     LATENCY = "latency"  # seconds, CostReport.latency_s
     MEMORY = "memory"  # bytes, CostReport.memory_bytes
 

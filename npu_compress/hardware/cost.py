@@ -34,6 +34,7 @@ from typing import Any, Iterable
 
 from torch import nn
 
+from ..choices import Choice, NMPattern
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
 from .ops import TRANSCENDENTAL, OpKind, OpRecord, canonical
@@ -44,17 +45,44 @@ from .profile import HardwareProfile, class_default, load_profile
 _VECTOR_PASSES = {OpKind.NORM: 2, OpKind.ELEMENTWISE: 1, OpKind.POOL: 1, OpKind.MOVE: 1}
 
 
+class FormatKind(Choice):
+    """How a weight is stored: dense, packed blocks, or N:M (values + indices)."""
+
+    DENSE = "dense"
+    BLOCK = "block"
+    NM = "nm"
+
+
+class Bound(Choice):
+    """What limits a layer: its compute, its memory traffic, nothing (fused into the layer before, or
+    a move the profile does not price)."""
+
+    COMPUTE = "compute"
+    MEMORY = "memory"
+    FUSED = "fused"
+    FREE = "free"
+
+
 @dataclass(frozen=True)
 class WeightFormat:
     """How a layer's weights are stored: dense, packed blocks, or N:M.
 
     ``density`` is the kept fraction of blocks (block) or is N/M (nm).
+    >>> WeightFormat(FormatKind.NM, density=0.5, n=2, m=4).pattern
+    NMPattern(n=2, m=4)
     """
 
-    kind: str = "dense"  # "dense" | "block" | "nm"
+    kind: FormatKind = FormatKind.DENSE
     density: float = 1.0
     n: int = 0
     m: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", FormatKind.parse(self.kind, "weight format"))
+
+    @property
+    def pattern(self) -> NMPattern | None:
+        return NMPattern(self.n, self.m) if self.kind is FormatKind.NM else None
 
 
 DENSE = WeightFormat()
@@ -64,7 +92,7 @@ DENSE = WeightFormat()
 class LayerCost:
     name: str
     op: str
-    kind: str
+    kind: OpKind
     in_shape: tuple[int, ...]
     out_shape: tuple[int, ...]
     macs: int
@@ -74,7 +102,7 @@ class LayerCost:
     t_compute_s: float
     t_memory_s: float
     latency_s: float
-    bound: str  # "compute" | "memory" | "fused" | "free" (a move the profile does not price)
+    bound: Bound
 
 
 @dataclass(frozen=True)
@@ -104,7 +132,7 @@ class CostReport:
                f"{'compute us':>10} {'memory us':>9} {'bound':>7}"
         rows = [head, "-" * len(head)]
         for c in self.layers:
-            if c.bound in ("fused", "free") and not show_fused:
+            if c.bound in (Bound.FUSED, Bound.FREE) and not show_fused:
                 continue
             rows.append(f"{c.name[-28:]:<28} {c.op[:14]:<14} {str(c.out_shape)[:18]:<18} {c.macs_padded:>11,} "
                         f"{_fmt_bytes(c.weight_bytes):>9} {c.t_compute_s * 1e6:>10.2f} {c.t_memory_s * 1e6:>9.2f} "
@@ -152,12 +180,12 @@ def weight_bytes(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = 
     bias = spec.c_out * dt.bias_bytes if spec.has_bias else 0
     if spec.kind == OpKind.NORM:
         return spec.weight_count * dt.bytes
-    if fmt.kind == "block":
+    if fmt.kind is FormatKind.BLOCK:
         bo, bi = profile.tiling.block
         total = math.ceil(spec.c_out / bo) * math.ceil(spec.c_in // max(spec.groups, 1) * spec.kernel / bi)
         kept = round(fmt.density * total)
         return kept * (bo * bi * dt.bytes + profile.sparsity.index_bytes) + bias
-    if fmt.kind == "nm":
+    if fmt.kind is FormatKind.NM:
         kept = math.ceil(spec.weight_count * fmt.n / fmt.m)
         return kept * dt.bytes + math.ceil(kept * profile.sparsity.nm_index_bits / 8) + bias
     return spec.weight_count * dt.bytes + bias
@@ -165,9 +193,9 @@ def weight_bytes(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = 
 
 def _compute_fraction(profile: HardwareProfile, fmt: WeightFormat) -> float:
     """Share of MAC-array work the hardware still does for a sparse weight format."""
-    if fmt.kind == "block" and profile.sparsity.block_skip:
+    if fmt.kind is FormatKind.BLOCK and profile.sparsity.block_skip:
         return fmt.density
-    if fmt.kind == "nm" and f"{fmt.n}:{fmt.m}" in profile.sparsity.nm:
+    if fmt.kind is FormatKind.NM and fmt.pattern in profile.sparsity.nm:
         return fmt.n / fmt.m
     return 1.0
 
@@ -192,8 +220,8 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     eff = profile.efficiency.of(op_class(spec), canonical(spec.op))
     fused = spec.fused and (not spec.fused_into or profile.fusion.fuses(spec.op, spec.fused_into))
     if fused or (spec.kind == OpKind.MOVE and eff == class_default("move")):
-        return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
-                         0.0, 0.0, 0.0, "fused" if fused else "free")
+        return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
+                         0.0, 0.0, 0.0, Bound.FUSED if fused else Bound.FREE)
     act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes
     spilled = act_bytes if act_bytes > profile.memory.sram_bytes else 0
     if spec.kind.uses_mac_array:
@@ -207,8 +235,8 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
     latency = max(t_compute, t_memory) + overhead / clock
-    return LayerCost(spec.name, spec.op, spec.kind.value, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
-                     spilled, t_compute, t_memory, latency, "compute" if t_compute >= t_memory else "memory")
+    return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
+                     spilled, t_compute, t_memory, latency, Bound.COMPUTE if t_compute >= t_memory else Bound.MEMORY)
 
 
 def report_from_layers(layers: Iterable[LayerSpec], profile: HardwareProfile, peak_elems: int, params: int,
@@ -245,5 +273,5 @@ def trace_layers(model: nn.Module, example_inputs: Any) -> list[LayerSpec]:
     return layers_from_records(trace_ops(model, example_inputs))
 
 
-__all__ = ["CostReport", "LayerCost", "WeightFormat", "estimate", "layer_cost", "padded_macs", "weight_bytes",
+__all__ = ["Bound", "FormatKind", "CostReport", "LayerCost", "WeightFormat", "estimate", "layer_cost", "padded_macs", "weight_bytes",
            "report_from_layers", "report_from_records", "trace_layers"]

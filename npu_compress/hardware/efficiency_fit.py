@@ -58,7 +58,7 @@ def ideal_cycles(spec: LayerSpec, profile: HardwareProfile, tile_in: int | None 
     # the peak-rate model for every class, data movement included (one vector pass over the output)
     plain = dataclasses.replace(profile, efficiency=Efficiency((("move", ClassEfficiency()),)), tiling=tiling)
     if spec.fused:  # a layer the judge ran as its own op: price it as one
-        spec = dataclasses.replace(spec, fused=False, fused_into="")
+        spec = dataclasses.replace(spec, fused=False, fused_into=None)
     return layer_cost(spec, plain).t_compute_s * profile.compute.clock_hz
 
 

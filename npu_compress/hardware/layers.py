@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .ops import BATCH_NORM, JOIN, OpKind, OpRecord
+from .ops import BATCH_NORM, JOIN, OpKind, OpRecord, Stage
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ class LayerSpec:
     in_elems: int = 0  # activation elements read
     out_elems: int = 0  # activation elements written
     fused: bool = False
-    fused_into: str = ""  # a fused elementwise op: the kind of layer it runs in, "mac" | "elementwise"
+    fused_into: Stage | None = None  # a fused elementwise op: the kind of layer it runs in, MAC | ELEMENTWISE
 
     @property
     def weight_count(self) -> int:
@@ -144,28 +144,28 @@ _MOVES = (OpKind.VIEW, OpKind.MOVE)  # pass their input's fusion tag along (but 
 
 def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     """Costed layers in execution order, with fusion into preceding MAC-array ops decided."""
-    producer: dict[str, str] = {}  # tensor id -> "mac" | "fused" | "other" (through views)
+    producer: dict[str, Stage] = {}  # tensor id -> what produced it (through views)
     layers: list[LayerSpec] = []
     for rec in records:
         kind = rec.kind
         acts = rec.activations
         if kind in _MOVES:
             passes = len(acts) == 1 and rec.op not in JOIN
-            tag = producer.get(acts[0].id, "other") if passes else "other"
+            tag = producer.get(acts[0].id, Stage.OTHER) if passes else Stage.OTHER
             if kind == OpKind.MOVE:  # costed by the profile's "move" class (free by default)
                 layers.append(spec_from_record(rec))
         else:
             src = producer.get(acts[0].id) if len(acts) == 1 else None
             # batch norm folds into a MAC op (layer/group norm need cross-channel statistics: never);
             # unary activations also run in an elementwise op's output stage
-            fused = (rec.op in _FOLDABLE_NORMS and src in ("mac", "fused")) or \
-                    (kind == OpKind.ELEMENTWISE and src in ("mac", "fused", "elementwise"))
+            fused = (rec.op in _FOLDABLE_NORMS and src in (Stage.MAC, Stage.FUSED)) or \
+                    (kind == OpKind.ELEMENTWISE and src in (Stage.MAC, Stage.FUSED, Stage.ELEMENTWISE))
             spec = spec_from_record(rec, fused=fused)
             if fused and kind == OpKind.ELEMENTWISE:  # whether it is free is the profile's call ([fusion])
-                spec = dataclasses.replace(spec, fused_into="elementwise" if src == "elementwise" else "mac")
+                spec = dataclasses.replace(spec, fused_into=Stage.ELEMENTWISE if src is Stage.ELEMENTWISE else Stage.MAC)
             layers.append(spec)
-            tag = "mac" if kind.uses_mac_array else "fused" if fused else \
-                "elementwise" if kind == OpKind.ELEMENTWISE else "other"
+            tag = Stage.MAC if kind.uses_mac_array else Stage.FUSED if fused else \
+                Stage.ELEMENTWISE if kind == OpKind.ELEMENTWISE else Stage.OTHER
         for t in rec.outputs:
             producer[t.id] = tag
     return layers

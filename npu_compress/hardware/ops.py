@@ -12,12 +12,12 @@ Example::
 """
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass, field, replace
 from typing import Any
+from ..choices import Choice
 
 
-class OpKind(str, enum.Enum):
+class OpKind(Choice):
     """What an op costs like."""
 
     CONV = "conv"  # MAC array, weights
@@ -33,6 +33,16 @@ class OpKind(str, enum.Enum):
     @property
     def uses_mac_array(self) -> bool:
         return self in (OpKind.CONV, OpKind.LINEAR, OpKind.MATMUL, OpKind.ATTENTION)
+
+
+class Stage(Choice):
+    """What produced a tensor, for fusion: a MAC-array op, an op fused into one, an elementwise op, other.
+    A fused activation runs in the output stage of a ``MAC`` or ``ELEMENTWISE`` layer."""
+
+    MAC = "mac"
+    FUSED = "fused"
+    ELEMENTWISE = "elementwise"
+    OTHER = "other"
 
 
 @dataclass(frozen=True)

@@ -263,7 +263,7 @@ def probe_samples(profile: HardwareProfile, time_fn: Callable[[Any, dict[str, np
             continue
         session = _session(_onnx(model, probe.input_shape))
         seconds = time_fn(session, feeds_for(session, probe.input_shape))
-        spec = dataclasses.replace(layers[0], fused=False, fused_into="")
+        spec = dataclasses.replace(layers[0], fused=False, fused_into=None)
         samples.append(OrtSample(probe.label, op_class(spec), canonical(spec.op), ideal_cycles(spec, profile),
                                  spec.out_elems,
                                  seconds, profile.compute.clock_hz))

@@ -24,13 +24,14 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
+from ..choices import Choice, NMPattern
 from ..errors import ProfileError
 
 SCHEMA_VERSION = 2  # 2: optional [efficiency] and [toolchain]; version-1 files load through _migrate_v1
 DEFAULT_PROFILE = "generic-4tops"
 
 
-class DType(str, enum.Enum):
+class DType(Choice):
     """Arithmetic type of weights and activations on the chip."""
 
     INT8 = "int8"
@@ -74,7 +75,7 @@ class Memory:
 @dataclass(frozen=True)
 class Sparsity:
     block_skip: bool  # hardware skips all-zero packed blocks (compute scales with density)
-    nm: tuple[str, ...]  # N:M patterns the hardware accelerates, e.g. ("2:4",)
+    nm: tuple[NMPattern, ...]  # N:M patterns the hardware accelerates, e.g. (NMPattern(2, 4),) from "2:4"
     index_bytes: int  # bytes of index stored per kept block
     nm_index_bits: int  # bits of index stored per kept weight in N:M format
 
@@ -158,9 +159,11 @@ class Fusion:
     activations: tuple[str, ...] = ("*",)  # ATen base names (hardware/ops.py); "*": every such op
     after_elementwise: bool = True  # also into an unfused elementwise op (residual add then ReLU: one op)
 
-    def fuses(self, op: str, into: str) -> bool:
-        """Whether ``op`` runs free in the output stage of a layer of kind ``into`` ("mac" | "elementwise")."""
-        if into == "elementwise" and not self.after_elementwise:
+    def fuses(self, op: str, into: Any) -> bool:
+        """Whether ``op`` runs free in the output stage of a layer of kind ``into`` (``ops.Stage`` MAC | ELEMENTWISE)."""
+        from .ops import Stage
+
+        if Stage.parse(into) is Stage.ELEMENTWISE and not self.after_elementwise:
             return False
         return "*" in self.activations or op in self.activations
 
@@ -204,8 +207,10 @@ class HardwareProfile:
         def conv(v: Any) -> Any:
             if isinstance(v, enum.Enum):
                 return v.value
+            if isinstance(v, NMPattern):
+                return str(v)
             if isinstance(v, tuple):
-                return list(v)
+                return [conv(x) for x in v]
             return v
 
         out: dict[str, Any] = {}
@@ -331,11 +336,7 @@ def _parse_value(where: str, qual: str, key: str, v: Any) -> Any:
     if key == "nm":
         if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
             raise ProfileError(f"{where}: key '{qual}' must be a list of 'N:M' strings, got {v!r}")
-        for x in v:
-            parts = x.split(":")
-            if len(parts) != 2 or not all(p.isdigit() for p in parts) or not 0 < int(parts[0]) < int(parts[1]):
-                raise ProfileError(f"{where}: key '{qual}' entry {x!r} is not 'N:M' with 0 < N < M")
-        return tuple(v)
+        return tuple(NMPattern.parse(x, f"{where}: key '{qual}' entry", ProfileError) for x in v)
     if key == "activations":
         from .ops import BINARY, UNARY
 

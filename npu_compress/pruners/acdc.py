@@ -32,6 +32,7 @@ from ..graph_cost import predict
 from .base import Pruner, register
 from .baselines import Norm, check_steps, magnitude_scores, parse_choice
 from .select import measure, nm_keep, select_keep
+from ..graph.types import Structure
 
 
 @register("acdc")
@@ -90,7 +91,7 @@ class AcdcPruner(Pruner):
     def _compress(self) -> None:
         """The magnitude keep-set under the budget; remember what a revival must restore."""
         scores = self.scores()
-        if self.graph.structure.value == "nm":
+        if self.graph.structure is Structure.NM:
             self.keep = nm_keep(self.graph, scores, self.nm_layers)
         else:
             self.keep = select_keep(self.graph, scores, self.profile, self.budget, self.target)
@@ -107,7 +108,7 @@ class AcdcPruner(Pruner):
 
     def _restorable(self, keep: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Channel graphs: param -> (the entries apply_masks is about to zero, their values)."""
-        if self.graph.structure.value != "channel":
+        if self.graph.structure is not Structure.CHANNEL:
             return {}  # block / N:M units are single weights: they restart from zero
         out = {}
         for name, mask in unit_masks(self.graph, keep.float()).items():

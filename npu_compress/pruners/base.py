@@ -25,6 +25,7 @@ from ..hardware.cost import CostReport
 from ..hardware.profile import HardwareProfile, load_profile
 from .importance import unit_sq_norms
 from .select import choose_nm_layers, measure, minimum_cost, nm_keep, select_keep
+from ..graph.types import Structure
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Pruner:
         self.target = self.budget.require_feasible(self.dense, self.minimum)
         self.result: PruneResult | None = None
         self.nm_layers: set[str] = set()
-        if self.graph.structure.value == "nm":  # the budget picks which weights become N:M
+        if self.graph.structure is Structure.NM:  # the budget picks which weights become N:M
             magnitude = unit_sq_norms(self.graph, model)
             self.nm_layers = choose_nm_layers(self.graph, magnitude, self.profile, self.budget, self.target)
 
@@ -97,7 +98,7 @@ class Pruner:
     def _select(self) -> torch.Tensor:
         """The hard keep-set: by score under the true cost model (N:M: the best N of every M)."""
         scores = self.scores().detach().double()
-        if self.graph.structure.value == "nm":
+        if self.graph.structure is Structure.NM:
             return nm_keep(self.graph, scores, self.nm_layers)
         return select_keep(self.graph, scores, self.profile, self.budget, self.target)
 

@@ -25,21 +25,23 @@ from typing import Any, Callable, TypeVar
 import torch
 from torch import nn
 
+from ..choices import Choice
 from ..errors import PrunerConfigError
 from ..graph import apply_masks
 from ..graph_cost import predict
 from .base import Pruner, register
 from .importance import normalized_by_group, output_side_tables
 from .select import measure, nm_keep, select_keep
+from ..graph.types import Structure
 
 
 
-class Norm(str, enum.Enum):
+class Norm(Choice):
     L1 = "l1"
     L2 = "l2"
 
 
-class Schedule(str, enum.Enum):
+class Schedule(Choice):
     ONESHOT = "oneshot"  # decide at finalize()
     ITERATIVE = "iterative"  # prune progressively over the mask phase (cubic schedule)
 
@@ -81,7 +83,7 @@ def unit_sums(graph, model: nn.Module, values: Values, output_side: bool = True)
         >>> unit_sums(g, model, lambda n, p: p.abs())      # group L1 norms
     """
     params = dict(model.named_parameters())  # buffers (running statistics) carry no score
-    if graph.structure.value != "channel":
+    if graph.structure is not Structure.CHANNEL:
         parts = ((entry_unit.flatten(), values(name, params[name]), None)
                  for name, entry_unit in graph.entry_units() if name in params)
     else:
@@ -157,7 +159,7 @@ class BaselinePruner(Pruner):
         super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size)
         self.steps = 0
         self.pruned = torch.zeros(self.graph.num_units, dtype=torch.bool)
-        self._nm_order = self._nm_conversion_order() if self.graph.structure.value == "nm" else []
+        self._nm_order = self._nm_conversion_order() if self.graph.structure is Structure.NM else []
 
     # -- lifecycle -------------------------------------------------------------------------
     def step(self) -> None:
@@ -190,7 +192,7 @@ class BaselinePruner(Pruner):
     def _prune_to(self, target: float) -> None:
         """Prune more units so the model costs at most ``target``; pruned units stay pruned."""
         scores = self.scores().detach().double().masked_fill(self.pruned, -math.inf)
-        if self.graph.structure.value == "nm":
+        if self.graph.structure is Structure.NM:
             keep = nm_keep(self.graph, scores, self._nm_prefix(target, scores))
         else:
             keep = select_unpruned(self.graph, scores, self.pruned, self.profile, self.budget, target)

@@ -52,6 +52,7 @@ from ..errors import BudgetError, PrunerConfigError
 from ..graph_cost import predict
 from .base import Pruner, PruneResult, get_pruner, register
 from .select import measure, nm_keep, select_keep
+from ..graph.types import Structure
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +90,7 @@ class _UnitEntries:
     def __init__(self, graph, model: nn.Module):
         self.model, self.n = model, graph.num_units
         buffers = {name for name, _ in model.named_buffers()}
-        if graph.structure.value == "channel":
+        if graph.structure is Structure.CHANNEL:
             self.tables = [(name, dim, idx, unit) for (name, dim), (idx, unit) in graph.param_tables().items()
                            if name not in buffers]  # running statistics are left alone
             self.group = graph.unit_group
@@ -298,7 +299,7 @@ class DecayPruning(Pruner):
 
     # -- decision, decay, rectification ----------------------------------------------------
     def _choose(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.graph.structure.value == "nm":
+        if self.graph.structure is Structure.NM:
             return nm_keep(self.graph, scores, self.nm_layers)
         return select_keep(self.graph, scores, self.profile, self.budget, self.target)
 

@@ -25,7 +25,6 @@ the pruner never sees a dataset, only that tensor.
 """
 from __future__ import annotations
 
-import enum
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,6 +34,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..choices import Choice
 from ..distributed import is_distributed
 from ..errors import NpuCompressError, PrunerConfigError
 from ..graph import Structure, apply_masks
@@ -52,14 +52,14 @@ class HbgsError(PrunerConfigError):
     """Bad input to HBGS / HBGTS: a structure other than channel, bad calibration data or knobs."""
 
 
-class Selection(str, enum.Enum):
+class Selection(Choice):
     """How units are chosen within a group."""
 
     BACKWARD = "backward"  # backward elimination, closed-form residual increase
     OMP = "omp"  # orthogonal-matching-pursuit-style forward selection
 
 
-class ErrorTarget(str, enum.Enum):
+class ErrorTarget(Choice):
     """Where a tentative removal's error is measured."""
 
     LAYER = "layer"  # HBGS: the group's consumers' outputs

@@ -14,6 +14,8 @@ from typing import Iterator
 import torch
 from torch import nn
 
+from ..graph.types import Structure
+
 
 def _input_dim(module: nn.Module) -> int | None:
     """The dim of a weight that indexes input channels, for modules that consume channels."""
@@ -40,7 +42,7 @@ def output_side_tables(graph, model: nn.Module) -> Iterator[tuple[str, int, torc
 def unit_sq_norms(graph, model: nn.Module) -> torch.Tensor:
     """(n_units,) float64: Σ of squared output-side entries (channel) or of the unit's weights (block/N:M)."""
     out = torch.zeros(graph.num_units, dtype=torch.float64)
-    if graph.structure.value == "channel":
+    if graph.structure is Structure.CHANNEL:
         params = dict(model.named_parameters())
         for name, dim, idx, unit in output_side_tables(graph, model):
             t = params[name].detach().double()

@@ -13,13 +13,14 @@ from ..errors import BudgetError
 from ..graph_cost import predict, unit_costs
 from ..hardware.budget import Budget, BudgetKind, measure
 from ..hardware.profile import HardwareProfile
+from ..graph.types import Structure
 
 
 def mandatory_keep(graph, scores: torch.Tensor | None = None) -> torch.Tensor:
     """The units that must stay: one per channel group (none for block / N:M) — the best-scored one,
     or without scores the narrowest one (a partial last tile), which makes the cheapest model."""
     keep = torch.zeros(graph.num_units, dtype=torch.bool)
-    if graph.structure.value != "channel":
+    if graph.structure is not Structure.CHANNEL:
         return keep
     for group in graph.groups:
         units = list(group)

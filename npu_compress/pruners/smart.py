@@ -31,6 +31,7 @@ from .base import Pruner, register
 from .importance import normalized_by_group, output_side_tables, unit_sq_norms
 from .select import mandatory_keep, measure
 from .topk import soft_topk, soft_topk_groups, solve_threshold
+from ..graph.types import Structure
 
 _FRACTIONAL = (0.05, 0.95)
 
@@ -96,7 +97,7 @@ class SmartPruner(Pruner):
 
     def _linearize(self, keep: torch.Tensor) -> None:
         """c_u at ``keep`` and B = target - (cost of keep - Σ c over kept units): Σ c f = B is the budget."""
-        if self.graph.structure.value == "nm":
+        if self.graph.structure is Structure.NM:
             return
         kind = self.budget.kind
         costs = unit_costs(self.graph, self.profile, kind, keep).clamp_min(1e-30)
@@ -109,11 +110,11 @@ class SmartPruner(Pruner):
 
     def _mask_tables(self, model: nn.Module) -> dict[str, list]:
         tables: dict[str, list] = {}
-        if self.graph.structure.value == "channel":
+        if self.graph.structure is Structure.CHANNEL:
             for name, dim, idx, unit in output_side_tables(self.graph, model):
                 tables.setdefault(name, []).append((dim, idx, unit))
         else:
-            converted = self.nm_layers if self.graph.structure.value == "nm" else None
+            converted = self.nm_layers if self.graph.structure is Structure.NM else None
             for name, entry_unit in self.graph.entry_units():
                 if converted is None or name in converted:
                     tables[name] = [(None, None, entry_unit)]
@@ -122,7 +123,7 @@ class SmartPruner(Pruner):
     def soft_keep(self) -> torch.Tensor:
         """f, (n_units,): the current soft mask."""
         m = self.logits
-        if self.graph.structure.value != "nm":
+        if self.graph.structure is not Structure.NM:
             return soft_topk(m, self.costs.to(m.device), self.soft_budget, self.tau)
         n, width = self.graph.nm
         f = torch.ones_like(m)
@@ -203,7 +204,7 @@ class SmartPruner(Pruner):
             if state.get("costs") is not None:
                 self.costs, self.soft_budget = state["costs"], float(state["soft_budget"])
         layers = set(state.get("nm_layers") or [])
-        if state.get("keep") is None and self.graph.structure.value == "nm" and layers != self.nm_layers:
+        if state.get("keep") is None and self.graph.structure is Structure.NM and layers != self.nm_layers:
             self._detach()  # the checkpoint converted other weights: mask those instead
             self.nm_layers = layers
             self._attach()
@@ -218,7 +219,7 @@ class SmartPruner(Pruner):
             f = self.soft_keep()
             out["tau"] = self.tau
             out["fractional"] = float(((f > _FRACTIONAL[0]) & (f < _FRACTIONAL[1])).float().mean())
-            if self.graph.structure.value != "nm":
+            if self.graph.structure is not Structure.NM:
                 out["residual"] = abs(float((self.costs.to(f.device) * f).sum()) - self.soft_budget) / self.soft_budget
                 out["threshold"] = solve_threshold(self.logits.detach(), self.costs, self.soft_budget, self.tau)
         out["predicted"] = measure(predict(self.graph, self._hard_guess(), self.profile), self.budget.kind)

@@ -12,14 +12,14 @@ from .data import Dataset, load_dataset
 from .modelspec import LoadedModel, load_model, parse_input_shape
 from . import graph, models
 from .export import Calibration, EthosUReport, ExportReport, IntGate, export_ethos_u, export_onnx, verify_onnx
-from .pruners import PRUNERS, PruneResult, SmartPruner
+from .pruners import PRUNERS, MethodConfig, PruneResult, PruningProblem, SmartConfig, SmartPruner, plan
 from .pruning import PruneOutcome, prune
 from .training import Epochs, TrainConfig, train
 from .hardware import (Budget, BudgetKind, CostReport, HardwareProfile, LayerSpec, WeightFormat, estimate,
                        layer_cost, list_profiles, load_profile, trace_layers)
 
 __all__ = ["__version__", "graph", "models", "Calibration", "Epochs", "EthosUReport", "ExportReport", "IntGate",
-           "export_ethos_u", "export_onnx", "verify_onnx", "PRUNERS", "PruneOutcome", "PruneResult", "SmartPruner", "TrainConfig",
+           "export_ethos_u", "export_onnx", "verify_onnx", "PRUNERS", "MethodConfig", "PruneOutcome", "PruneResult", "PruningProblem", "SmartConfig", "SmartPruner", "plan", "TrainConfig",
            "prune", "train", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "Dataset",
            "HardwareProfile", "LoadedModel", "load_dataset", "load_model", "parse_input_shape",
            "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "PrunerConfigError", "TraceError", "VerificationError",

@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,13 +17,14 @@ import torch
 from .checkpoint import PruneCheckpoint
 from .choices import Choice, NMPattern
 from .data import Dataset, load_dataset
-from .errors import BudgetError, DataError, TrainingError
+from .errors import BudgetError, DataError, ModelSpecError, TrainingError
 from .graph.types import PruningGraphError, Structure
 from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
 from .progress import seed_everything, text_digest
-from .pruners import Pruner, PruneResult, get_pruner
+from .pruners import PruneResult, get_pruner
+from .pruners.problem import MethodConfig, make_config, plan
 from .training import TrainConfig, TrainResult, clean_state_dict, train
 
 log = logging.getLogger(__name__)
@@ -68,18 +68,38 @@ def _num_outputs(loaded: LoadedModel) -> int | None:
     return int(out.shape[1]) if out is not None and out.ndim >= 2 else None
 
 
+def _loaded(model: str | torch.nn.Module, input_shape: tuple[int, ...] | None) -> LoadedModel:
+    """A spec loaded, or a user's module taken as it is (it needs ``input_shape``, batch first)."""
+    if isinstance(model, str):
+        return load_model(model, input_shape)
+    if not isinstance(model, torch.nn.Module):
+        raise ModelSpecError(f"model must be a model spec string or an nn.Module, got {type(model).__name__}")
+    if input_shape is None:
+        raise ModelSpecError(f"prune({type(model).__name__}(...)): give input_shape=(1, C, H, W) for a module")
+    shape = tuple(int(d) for d in input_shape)
+    return LoadedModel(model, shape, f"<nn.Module {type(model).__name__}>")
+
+
 def _check_epochs(epochs) -> None:
     if epochs.mask + epochs.finetune < 1:
         raise TrainingError(f"epochs {epochs.warmup},{epochs.mask},{epochs.finetune} leave the pruner no epoch: "
                             "mask learning + fine-tune (M + F of W,M,F) must be at least 1, e.g. 2,6,2")
 
 
-def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budget: str | Budget, *,
+def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | HardwareProfile, budget: str | Budget, *,
           structure: str = "channel", method: str = "smart", config: TrainConfig,
+          method_config: MethodConfig | dict | None = None,
           input_shape: tuple[int, ...] | None = None, nm: tuple[int, int] = (2, 4),
           group_size: int | None = None, output: str | Path | None = None,
           judge: str | None = None) -> PruneOutcome:
     """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``.
+
+    ``model``: a model spec (zoo name, ``pkg.mod:factory``, ``file.py:factory``, ``.pt2``) or an
+    ``nn.Module`` (trained in place; give ``input_shape`` unless the spec has a default). A checkpoint
+    of an ``nn.Module`` names no spec: export it from the returned model, or rebuild it yourself.
+    ``method_config``: the method's config (``PRUNERS[method].Config``) or a dict of its fields;
+    its ``mask_steps`` (unset) becomes the mask phase's length. The model is traced and priced once
+    (:func:`~npu_compress.pruners.plan`), before any training: an infeasible budget fails first.
 
     ``judge="vela"`` (Ethos-U profiles, the ``ethos-u`` extra): the latency budget is met in Vela's own
     terms: before training, :func:`~npu_compress.export.vela_budget.judge_budget` finds the budget of
@@ -92,24 +112,26 @@ def prune(model: str, data: str | Dataset, profile: str | HardwareProfile, budge
     _check_epochs(config.epochs)
     structure, nm = Structure.parse(structure), NMPattern.parse(nm, "nm", PruningGraphError)
     seed_everything(config.seed)  # before the model is built: its initial weights come from the seed
-    loaded = load_model(model, input_shape)
+    loaded = _loaded(model, input_shape)
     dataset = (data if isinstance(data, Dataset) else load_dataset(data)).normalized()
     _check_data(loaded, dataset)
     prof = load_profile(profile)
     bud = budget if isinstance(budget, Budget) else Budget.parse(budget)
     cls = get_pruner(method)
+    method_config = make_config(cls.Config, method, method_config)
+    method_config.check()
     example = torch.zeros(1, *loaded.input_shape[1:])
     batches = len(dataset.loaders(config.batch_size, seed=config.seed)[0])
-    extra = pruner_kwargs(cls, max(config.epochs.mask * batches, 1), dataset)
+    method_config = run_config(method_config, max(config.epochs.mask * batches, 1), dataset)
 
-    # fail before any training: budget feasibility (and, for N:M, which weights convert) needs no data
-    Pruner(loaded.module, (example,), prof, bud, structure, nm=nm, group_size=group_size)
+    # the one trace and pricing: fails before any training (and any judge) when the budget is infeasible
+    problem = plan(loaded.module, (example,), prof, bud, structure, nm=nm, group_size=group_size)
     asked, judged = bud, _judge(judge, loaded.module, example, prof, bud, structure)
     if judged is not None:
-        bud = judged.internal
+        problem = problem.with_budget(judged.internal)
 
     def make(m: torch.nn.Module):
-        return cls(m, (example,), prof, bud, structure, nm=nm, group_size=group_size, **extra)
+        return cls(problem.with_model(m), method_config)
 
     run = train(loaded.module, dataset, config, make_pruner=make,
                 settings=_settings(loaded, prof, asked, structure, method, nm, group_size, judge))
@@ -161,15 +183,10 @@ def _judge(judge: str | Judge | None, model: torch.nn.Module, example: torch.Ten
     return judged
 
 
-def pruner_kwargs(cls: type, mask_steps: int, dataset: Dataset) -> dict[str, Any]:
-    """The driver-supplied knobs a pruner class takes: mask-phase length, calibration inputs."""
-    accepts = inspect.signature(cls).parameters
-    extra: dict[str, Any] = {}
-    if "mask_steps" in accepts:
-        extra["mask_steps"] = mask_steps
-    if "calibration" in accepts:  # data-driven selection (HBGS): training split only, never the test split
-        extra["calibration"] = dataset.x_train[:CALIBRATION_SAMPLES]
-    return extra
+def run_config(config: MethodConfig, mask_steps: int, dataset: Dataset) -> MethodConfig:
+    """``config`` with what a training run knows filled in where unset: the mask phase's length, and
+    calibration inputs (training split only, never the test split) for the methods that take them."""
+    return config.for_run(mask_steps, dataset.x_train[:CALIBRATION_SAMPLES])
 
 
 def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str, budget: Budget | None = None,

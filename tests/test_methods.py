@@ -8,7 +8,8 @@ from npu_compress import PRUNERS, models
 from npu_compress.export import export_onnx
 from npu_compress.graph_cost import unit_costs
 from npu_compress.pruners.select import measure
-from npu_compress.pruning import pruner_kwargs
+from npu_compress.pruners import plan
+from npu_compress.pruning import run_config
 from npu_compress.training import Epochs, TrainConfig, train
 
 METHODS = sorted(PRUNERS)
@@ -23,8 +24,8 @@ def test_every_method_meets_the_budget_and_exports(method, kind, budget, tmp_pat
     holder = {}
 
     def make(m):
-        kwargs = pruner_kwargs(cls, 2 * len(data.loaders(64)[0]), data)
-        holder["p"] = cls(m, (x,), "generic-4tops", budget, "channel", **kwargs)
+        config = run_config(cls.Config(), 2 * len(data.loaders(64)[0]), data)
+        holder["p"] = cls(plan(m, (x,), "generic-4tops", budget, "channel"), config)
         return holder["p"]
 
     torch.manual_seed(0)

@@ -237,4 +237,4 @@ def _report(job: Job, path: Path, exported_model: nn.Module, proto: onnx.ModelPr
                         onnx_dense_weight_bytes=dense_bytes, dense=dense, pruned=pruned, predicted=predicted,
                         verification=verification, packed=packed,
                         unprunable=job.graph.report().splitlines() if job.graph is not None else [],
-                        precision=o.precision.value, int8=agreement, calibrated_on=calibrated_on)
+                        precision=o.precision, int8=agreement, calibrated_on=calibrated_on)

@@ -10,6 +10,7 @@ import onnx
 from onnx import numpy_helper
 
 from ..hardware.cost import CostReport
+from .quantize import Precision
 
 
 def onnx_weight_bytes(model: onnx.ModelProto) -> int:
@@ -39,7 +40,7 @@ class ExportReport:
     verification: Any = None  # VerifyResult, or None with --no-verify
     packed: list = field(default_factory=list)  # PackedWeight per packed tensor
     unprunable: list = field(default_factory=list)  # the pruning graph's report lines
-    precision: str = "fp32"  # what the file computes in: fp32 | int8 (QDQ)
+    precision: Precision = Precision.FP32  # what the file computes in: fp32 | int8 (QDQ)
     int8: Any = None  # AgreementResult of the int8 file vs the float torch model, or None
     calibrated_on: str | None = None  # where the int8 activation ranges came from
 
@@ -57,7 +58,7 @@ class ExportReport:
                 "dense": _cost(self.dense), "pruned": _cost(self.pruned), "predicted": _cost(self.predicted),
                 "verification": None if v is None else {**dataclasses.asdict(v), "passed": v.passed},
                 "packed": [dataclasses.asdict(p) for p in self.packed], "unprunable": self.unprunable,
-                "precision": self.precision, "cost_memory_bytes": self.pruned.memory_bytes,
+                "precision": self.precision.value, "cost_memory_bytes": self.pruned.memory_bytes,
                 "weight_bytes_ratio": self.weight_bytes_ratio, "calibrated_on": self.calibrated_on,
                 "int8": None if self.int8 is None else {**dataclasses.asdict(self.int8), "drop_points": self.int8.drop,
                                                         "passed": self.int8.passed}}
@@ -75,7 +76,7 @@ class ExportReport:
                             ("params", d.params, p.params)):
             fmt = ".4f" if isinstance(a, float) else ","
             rows.append(f"{label:<24}{a:>14{fmt}}{b:>14{fmt}}{(b / a if a else 1.0):>8.3f}")
-        label = "ONNX weight bytes" if self.precision == "fp32" else f"ONNX bytes fp32->{self.precision}"
+        label = "ONNX weight bytes" if self.precision is Precision.FP32 else f"ONNX bytes fp32->{self.precision}"
         rows.append(f"{label:<24}{self.onnx_dense_weight_bytes:>14,}{self.onnx_weight_bytes:>14,}"
                     f"{self.onnx_weight_bytes / max(self.onnx_dense_weight_bytes, 1):>8.3f}")
         rows.append(f"weight bytes in file {self.onnx_weight_bytes:,} vs cost model memory {p.memory_bytes:,} "
@@ -83,14 +84,14 @@ class ExportReport:
         if self.packed:
             rows.append(f"packed tensors: {len(self.packed)} ({self.structure}, {self.precision} values)")
         v = self.verification
-        label = "float check" if self.precision != "fp32" else "verification"
+        label = "float check" if self.precision is not Precision.FP32 else "verification"
         rows.append(f"{label}: skipped" if v is None else
                     f"{label}: max abs error {v.max_abs_error:.2e}, max rel {v.max_rel_error:.2e} over "
                     f"{v.samples} samples (tolerance {v.tolerance:g} x output scale {v.scale:.3g}): "
                     f"{'passed' if v.passed else 'FAILED'}")
         if self.calibrated_on:
             rows.append(f"int8 calibration: {self.calibrated_on}")
-        if self.precision == "int8":
+        if self.precision is Precision.INT8:
             i = self.int8
             rows.append("int8 check: skipped" if i is None else
                         f"int8 check: {i.describe()}; gate agreement >= {100 * i.min_agreement:.1f}%"

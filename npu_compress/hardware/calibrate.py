@@ -44,6 +44,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..choices import Choice
 from .cost import layer_cost
 from .efficiency_fit import ClassFit, efficiency_of, fit_classes, fits_table, mape
 from .layers import LayerSpec
@@ -60,42 +61,59 @@ Progress = Callable[[int, int, str], None]
 
 # ---------------------------------------------------------------- shapes
 
+class ProbeKind(Choice):
+    """The single-layer benchmarks calibration times."""
+
+    CONV = "conv"
+    DWCONV = "dwconv"
+    GEMM = "gemm"
+    ADD = "add"
+    RELU = "relu"
+
+    @property
+    def is_conv(self) -> bool:
+        return self in (ProbeKind.CONV, ProbeKind.DWCONV)
+
+
 @dataclass(frozen=True)
 class Shape:
-    """One single-layer benchmark. ``kind``: conv | dwconv | gemm | add | relu.
+    """One single-layer benchmark. ``kind``: conv | dwconv | gemm | add | relu (:class:`ProbeKind`)."""
 
     conv: ``a=c_in, b=c_out, k=kernel side, hw=spatial side``; dwconv: ``a=b=channels``;
     gemm: ``a=K, b=N, hw=M`` rows; add/relu: ``a`` elements.
     """
 
-    kind: str
+    kind: ProbeKind
     a: int
     b: int = 0
     k: int = 1
     hw: int = 1
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kind", ProbeKind.parse(self.kind, "probe kind"))
+
     @property
     def label(self) -> str:
-        if self.kind in ("conv", "dwconv"):
+        if self.kind.is_conv:
             return f"{self.kind}{self.k}x{self.k} {self.a}->{self.b} @{self.hw}x{self.hw}"
-        if self.kind == "gemm":
+        if self.kind is ProbeKind.GEMM:
             return f"gemm M{self.hw} K{self.a} N{self.b}"
         return f"{self.kind} {self.a}"
 
     def spec(self) -> LayerSpec:
         """The cost model's view of this layer (same fields the tracer would fill)."""
-        if self.kind in ("conv", "dwconv"):
-            sp, dw = self.hw * self.hw, self.kind == "dwconv"
+        if self.kind.is_conv:
+            sp, dw = self.hw * self.hw, self.kind is ProbeKind.DWCONV
             return LayerSpec(self.label, "convolution", OpKind.CONV, (1, self.a, self.hw, self.hw),
                              (1, self.b, self.hw, self.hw), c_in=self.a, c_out=self.b, kernel=self.k * self.k,
                              spatial=sp, groups=self.a if dw else 1, depthwise=dw, weight_param="w",
                              has_bias=True, in_elems=self.a * sp, out_elems=self.b * sp)
-        if self.kind == "gemm":
+        if self.kind is ProbeKind.GEMM:
             return LayerSpec(self.label, "linear", OpKind.LINEAR, (self.hw, self.a), (self.hw, self.b),
                              c_in=self.a, c_out=self.b, spatial=self.hw, weight_param="w", has_bias=True,
                              in_elems=self.hw * self.a, out_elems=self.hw * self.b)
-        n_in = 2 if self.kind == "add" else 1
-        return LayerSpec(self.label, self.kind, OpKind.ELEMENTWISE, (self.a,), (self.a,),
+        n_in = 2 if self.kind is ProbeKind.ADD else 1
+        return LayerSpec(self.label, self.kind.value, OpKind.ELEMENTWISE, (self.a,), (self.a,),
                          in_elems=n_in * self.a, out_elems=self.a)
 
     def graph(self) -> tuple[Any, dict[str, np.ndarray]]:
@@ -109,19 +127,19 @@ class Shape:
             return numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32) * 0.1, name)
 
         inits: list[Any] = []
-        if self.kind in ("conv", "dwconv"):
-            groups = self.a if self.kind == "dwconv" else 1
+        if self.kind.is_conv:
+            groups = self.a if self.kind is ProbeKind.DWCONV else 1
             xs, ys = (1, self.a, self.hw, self.hw), (1, self.b, self.hw, self.hw)
             inits = [init("w", (self.b, self.a // groups, self.k, self.k)), init("bias", (self.b,))]
             nodes = [helper.make_node("Conv", ["x", "w", "bias"], ["y"], kernel_shape=[self.k, self.k],
                                       pads=[self.k // 2] * 4, group=groups)]
             ins = [("x", xs)]
-        elif self.kind == "gemm":
+        elif self.kind is ProbeKind.GEMM:
             xs, ys = (self.hw, self.a), (self.hw, self.b)
             inits = [init("w", (self.b, self.a)), init("bias", (self.b,))]
             nodes = [helper.make_node("Gemm", ["x", "w", "bias"], ["y"], transB=1)]
             ins = [("x", xs)]
-        elif self.kind == "add":
+        elif self.kind is ProbeKind.ADD:
             xs = ys = (self.a,)
             nodes, ins = [helper.make_node("Add", ["x", "x2"], ["y"])], [("x", xs), ("x2", xs)]
         else:
@@ -151,29 +169,29 @@ def _relu_chain(n: int, elems: int = 16) -> tuple[Any, dict[str, np.ndarray]]:
 def fit_grid(quick: bool = False) -> list[Shape]:
     """The fitting grid. Non-multiple channel counts (12, 17, 24, 40, 48) expose tiling steps."""
     chans = [8, 12, 16, 17, 24, 32, 40, 48] if quick else [8, 12, 16, 17, 24, 32, 40, 48, 64]
-    shapes = [Shape("conv", ci, co, 3, 8 if quick else 16) for ci in chans for co in chans if quick is False or
+    shapes = [Shape(ProbeKind.CONV, ci, co, 3, 8 if quick else 16) for ci in chans for co in chans if quick is False or
               ci in (8, 17, 32, 48) or co in (8, 17, 32, 48)]
     if quick:
         shapes = shapes[::3]
     big = [(64, 128), (128, 128), (128, 256), (256, 256), (96, 96)] if not quick else [(64, 128)]
-    shapes += [Shape("conv", ci, co, 3, 8) for ci, co in big]
-    shapes += [Shape("conv", ci, co, 3, 32) for ci, co in ([(16, 16), (16, 32), (32, 32), (24, 40)]
+    shapes += [Shape(ProbeKind.CONV, ci, co, 3, 8) for ci, co in big]
+    shapes += [Shape(ProbeKind.CONV, ci, co, 3, 32) for ci, co in ([(16, 16), (16, 32), (32, 32), (24, 40)]
                                                             if not quick else [(16, 16)])]
     one = [8, 17, 32, 48, 64, 128, 256] if not quick else [8, 17, 48, 128]
-    shapes += [Shape("conv", ci, co, 1, 16) for ci in one for co in one if quick is False or ci == co or ci == 8]
-    shapes += [Shape("dwconv", c, c, 3, hw) for c in ((16, 32, 64, 128, 256) if not quick else (32, 128))
+    shapes += [Shape(ProbeKind.CONV, ci, co, 1, 16) for ci in one for co in one if quick is False or ci == co or ci == 8]
+    shapes += [Shape(ProbeKind.DWCONV, c, c, 3, hw) for c in ((16, 32, 64, 128, 256) if not quick else (32, 128))
                for hw in ((8, 16, 32) if not quick else (16,))]
     gemm = [(1, 256, 256), (1, 512, 1024), (8, 256, 256), (64, 128, 128), (64, 512, 512), (256, 256, 256),
             (1, 1024, 1024), (16, 64, 10)] if not quick else [(1, 256, 256), (64, 128, 128), (64, 512, 512)]
-    shapes += [Shape("gemm", k, n, 1, m) for m, k, n in gemm]
+    shapes += [Shape(ProbeKind.GEMM, k, n, 1, m) for m, k, n in gemm]
     sizes = [1 << 10, 1 << 13, 1 << 16, 1 << 18, 1 << 20] if not quick else [1 << 12, 1 << 16, 1 << 19]
-    shapes += [Shape(op, n) for op in ("add", "relu") for n in sizes]
+    shapes += [Shape(op, n) for op in (ProbeKind.ADD, ProbeKind.RELU) for n in sizes]
     return shapes
 
 
 def bandwidth_shape(llc_bytes: int, quick: bool = False) -> Shape:
     """An Add whose three tensors (2 in, 1 out) need about 1.5x (quick: 1x) the last-level cache."""
-    return Shape("add", int(llc_bytes * (1.0 if quick else 1.5) / 12) + 1)
+    return Shape(ProbeKind.ADD, int(llc_bytes * (1.0 if quick else 1.5) / 12) + 1)
 
 
 # ---------------------------------------------------------------- timing
@@ -471,7 +489,7 @@ def calibrate_ort_cpu(threads: int = 1, quick: bool = False, progress: Progress 
               f"{info['onnxruntime']}, {info['date']}, thread CPU time; rate fit MAPE {err:.1f}% over "
               f"{len(all_shapes)} layers{per_class}")
     profile = dataclasses.replace(fitted, description=desc, source=source)
-    points = tuple(CalibrationPoint(s.label, s.kind, float(m), float(p)) for s, m, p in zip(all_shapes, all_meas, pred))
+    points = tuple(CalibrationPoint(s.label, s.kind.value, float(m), float(p)) for s, m, p in zip(all_shapes, all_meas, pred))
     return profile, CalibrationReport(profile, points, err, rho, overhead, info, tuple(fits), tuple(samples),
                                       tuple(skipped))
 

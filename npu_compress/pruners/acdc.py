@@ -21,6 +21,7 @@ from 0.99 to 0.94). ``finalize()`` selects by magnitude under the budget, after 
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -30,12 +31,21 @@ from ..graph import apply_masks, unit_masks
 from ..graph.masks import get_tensor
 from ..graph_cost import predict
 from .base import Pruner, register
+from .problem import MethodConfig
 from .baselines import Norm, check_steps, magnitude_scores, parse_choice
 from .select import measure, nm_keep, select_keep
 from ..graph.types import Structure
 
 
-@register("acdc")
+@dataclass(frozen=True)
+class AcdcConfig(MethodConfig):
+    """``interval``: steps per dense or sparse interval (default mask_steps // 6); ``norm``: l1 or l2."""
+
+    interval: int | None = None
+    norm: Norm = Norm.L2
+
+
+@register("acdc", AcdcConfig)
 class AcdcPruner(Pruner):
     """Alternate dense and magnitude-pruned sparse intervals; end sparse.
 
@@ -45,13 +55,12 @@ class AcdcPruner(Pruner):
         1.0
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, mask_steps: int = 1000,
-                 interval: int | None = None, norm: str = "l2"):
-        self.mask_steps = check_steps("mask_steps", mask_steps)
-        self.interval = check_steps("interval", interval, allow_none=True) or max(1, mask_steps // 6)
-        self.norm = parse_choice(Norm, norm, "norm")
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        c = self.config
+        self.mask_steps = check_steps("mask_steps", c.steps)
+        self.interval = check_steps("interval", c.interval, allow_none=True) or max(1, self.mask_steps // 6)
+        self.norm = parse_choice(Norm, c.norm, "norm")
         self.steps = 0
         self.keep: torch.Tensor | None = None  # (n_units,) bool while sparse, None while dense
         self._saved: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # param -> (where, values) to restore
@@ -67,10 +76,8 @@ class AcdcPruner(Pruner):
         k = min((self.mask_steps - step) // self.interval, first)  # ... and the first takes any leftover steps
         return k % 2 == 0
 
-    def step(self) -> None:
+    def _step(self) -> None:
         """After optimiser step s: prepare step s + 1 (compress, decompress, or hold the mask)."""
-        if self.result is not None:
-            return super().step()
         self.steps += 1
         self._undo = {}
         self._enter(self.steps + 1)

@@ -2,7 +2,8 @@
 
 Lifecycle, like an optimizer::
 
-    pruner = SmartPruner(model, (x,), "ethos-u55-256", "latency=50%")
+    problem = plan(model, (x,), "ethos-u55-256", "latency=50%")     # traced and priced once
+    pruner = SmartPruner(problem, SmartConfig(mask_steps=500))
     for batch in loader:
         loss.backward(); optimizer.step(); pruner.step()
     result = pruner.finalize()        # hard keep-set under the true cost model, masks fixed
@@ -10,6 +11,7 @@ Lifecycle, like an optimizer::
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar
 
@@ -18,13 +20,14 @@ from torch import nn
 
 from ..errors import NpuCompressError
 from ..export.job import attach_result
-from ..graph import apply_masks, build
+from ..graph import apply_masks
 from ..graph_cost import predict
 from ..hardware.budget import Budget
 from ..hardware.cost import CostReport
-from ..hardware.profile import HardwareProfile, load_profile
+from ..hardware.profile import HardwareProfile
 from .importance import unit_sq_norms
-from .select import choose_nm_layers, measure, minimum_cost, nm_keep, select_keep
+from .problem import MethodConfig, PruningProblem, make_config, plan
+from .select import choose_nm_layers, measure, nm_keep, select_keep
 from ..graph.types import Structure
 
 
@@ -39,6 +42,7 @@ class PruneResult:
     budget: Budget
     target: float  # the budget in seconds or bytes
     profile: HardwareProfile  # the profile itself (a user's own .toml need not be findable by name)
+    problem: PruningProblem | None = None  # what was pruned: model, inputs, profile, budget, structure
 
     @property
     def achieved_ratio(self) -> float:
@@ -47,30 +51,26 @@ class PruneResult:
 
 
 class Pruner:
-    """Base: builds the graph, prices the dense model, checks the budget is feasible.
+    """Base: a method constructed from a :class:`PruningProblem` and its config, ``Method(problem, config)``.
 
-    Subclasses give ``scores()`` (higher = keep) and may learn things in ``step()``.
+    ``Method(model, example_inputs, profile, budget, structure, nm=..., group_size=..., **knobs)`` is
+    short for ``Method(plan(model, ...), Method.Config(**knobs))``. Subclasses give ``scores()``
+    (higher = keep) and may learn things in ``_step()``.
     """
 
     name: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    picks_nm_layers: ClassVar[bool] = True  # False: a wrapper that takes its base's choice
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: str | HardwareProfile,
-                 budget: str | Budget, structure: str = "channel", *, nm: tuple[int, int] = (2, 4),
-                 group_size: int | None = None):
-        self.model = model
-        self.profile = load_profile(profile)
-        self.budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
-        self.graph = build(model, example_inputs, self.profile, structure, nm=nm, group_size=group_size)
-        if self.graph.num_units == 0:
-            raise NpuCompressError(f"nothing in {type(model).__name__} can be pruned with structure "
-                                   f"'{structure}':\n{self.graph.report()}")
-        self.dense = predict(self.graph, torch.ones(self.graph.num_units, dtype=torch.bool), self.profile)
-        self.minimum = minimum_cost(self.graph, self.profile, self.budget.kind)
-        self.target = self.budget.require_feasible(self.dense, self.minimum)
+    def __init__(self, *args: Any, **kwargs: Any):
+        problem, config = _arguments(type(self), args, kwargs)
+        self.problem, self.config = problem, config
+        self.model, self.profile, self.budget, self.graph = problem.model, problem.profile, problem.budget, problem.graph
+        self.dense, self.minimum, self.target = problem.dense, problem.minimum, problem.target
         self.result: PruneResult | None = None
         self.nm_layers: set[str] = set()
-        if self.graph.structure is Structure.NM:  # the budget picks which weights become N:M
-            magnitude = unit_sq_norms(self.graph, model)
+        if self.graph.structure is Structure.NM and self.picks_nm_layers:  # the budget picks which become N:M
+            magnitude = unit_sq_norms(self.graph, self.model)
             self.nm_layers = choose_nm_layers(self.graph, magnitude, self.profile, self.budget, self.target)
 
     # -- the lifecycle -------------------------------------------------------------------
@@ -83,9 +83,15 @@ class Pruner:
         raise NotImplementedError
 
     def step(self) -> None:
-        """Call after each ``optimizer.step()``. After ``finalize()``: keeps pruned weights at zero."""
+        """Call after each ``optimizer.step()``. After ``finalize()``: keeps pruned weights at zero
+        (the one place that rule lives); before it, the method's own ``_step()``."""
         if self.result is not None:
             apply_masks(self.model, self.graph, self.result.keep)
+        else:
+            self._step()
+
+    def _step(self) -> None:
+        """A method's work after an optimiser step, before ``finalize()`` (nothing by default)."""
 
     def finalize(self) -> PruneResult:
         """Choose the hard keep-set under the true cost model and zero the pruned units in the model."""
@@ -107,7 +113,7 @@ class Pruner:
         keep = self.graph.check_keep(keep)
         apply_masks(self.model, self.graph, keep)
         self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
-                                  self.budget, self.target, self.profile)
+                                  self.budget, self.target, self.profile, self.problem)
         attach_result(self.model, self.result)
 
     def _before_finalize(self) -> None:
@@ -132,15 +138,56 @@ class Pruner:
 PRUNERS: dict[str, type[Pruner]] = {}
 
 
-def register(name: str) -> Callable[[type[Pruner]], type[Pruner]]:
-    """Class decorator: make a pruner available as ``--method name``."""
+def register(name: str, config: type[MethodConfig] = MethodConfig) -> Callable[[type[Pruner]], type[Pruner]]:
+    """Class decorator: make a pruner available as ``--method name``, with its config dataclass (whose
+    fields are ``--method-arg key=value`` knobs)."""
     def deco(cls: type[Pruner]) -> type[Pruner]:
         if name in PRUNERS:
             raise ValueError(f"pruner '{name}' registered twice")
-        cls.name = name
+        if not (dataclasses.is_dataclass(config) and issubclass(config, MethodConfig)):
+            raise TypeError(f"pruner '{name}': its config must be a MethodConfig dataclass, got {config!r}")
+        cls.name, cls.Config = name, config
         PRUNERS[name] = cls
         return cls
     return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a method from the registry (tests that register a toy method clean up with this)."""
+    PRUNERS.pop(name, None)
+
+
+_PLAN_KEYS = ("structure", "nm", "group_size")
+
+
+def _arguments(cls: type[Pruner], args: tuple, kwargs: dict[str, Any]) -> tuple[PruningProblem, MethodConfig]:
+    """(problem, config) from ``(problem, config)`` or the short form ``(model, inputs, profile, budget,
+    structure, nm=, group_size=, **knobs)``; the knobs are checked before anything is traced."""
+    kwargs = dict(kwargs)
+    if args and isinstance(args[0], PruningProblem):
+        if len(args) > 2:
+            raise TypeError(f"{cls.__name__}(problem, config): got {len(args)} positional arguments")
+        config = args[1] if len(args) == 2 else kwargs.pop("config", None)
+        if config is not None and kwargs:
+            raise TypeError(f"{cls.__name__}: give knobs in the config or as keywords, not both")
+        config = make_config(cls.Config, cls.name or cls.__name__, config if config is not None else kwargs)
+        config.check()
+        return args[0], config
+    names = ("model", "example_inputs", "profile", "budget", "structure")
+    given = dict(zip(names, args))
+    for key in names + _PLAN_KEYS:
+        if key in kwargs:
+            given[key] = kwargs.pop(key)
+    if len(args) > 5 or not set(names[:4]) <= set(given):
+        raise TypeError(f"{cls.__name__}(problem, config) or {cls.__name__}(model, example_inputs, profile, "
+                        "budget, structure='channel', **knobs)")
+    config = kwargs.pop("config", None)
+    config = make_config(cls.Config, cls.name or cls.__name__, config if config is not None else kwargs)
+    config.check()  # every knob checked before anything is traced
+    problem = plan(given["model"], given["example_inputs"], given["profile"], given["budget"],
+                   given.get("structure", Structure.CHANNEL), nm=given.get("nm", (2, 4)),
+                   group_size=given.get("group_size"))
+    return problem, config
 
 
 def get_pruner(name: str) -> type[Pruner]:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import enum
 import math
 import warnings
+from dataclasses import dataclass
 from typing import Any, Callable, TypeVar
 
 import torch
@@ -30,6 +31,7 @@ from ..errors import PrunerConfigError
 from ..graph import apply_masks
 from ..graph_cost import predict
 from .base import Pruner, register
+from .problem import MethodConfig
 from .importance import normalized_by_group, output_side_tables
 from .select import measure, nm_keep, select_keep
 from ..graph.types import Structure
@@ -144,28 +146,58 @@ def select_unpruned(graph, scores: torch.Tensor, pruned: torch.Tensor, profile, 
 
 # ---------------------------------------------------------------- the shared schedule
 
+@dataclass(frozen=True)
+class BaselineConfig(MethodConfig):
+    """``schedule``: oneshot (decide at finalize) or iterative (prune toward a cubic schedule over the mask
+    phase); ``every``: steps between iterative re-selections (default mask_steps // 20)."""
+
+    schedule: Schedule = Schedule.ONESHOT
+    every: int | None = None
+
+
+@dataclass(frozen=True)
+class MagnitudeConfig(BaselineConfig):
+    """``norm``: l1 or l2 group norm; ``normalize``: divide by the group's mean (comparable across layers)."""
+
+    norm: Norm = Norm.L2
+    normalize: bool = True
+
+
+@dataclass(frozen=True)
+class TaylorConfig(BaselineConfig):
+    """``ema_decay``: smoothing of the per-step Taylor scores, in [0, 1)."""
+
+    ema_decay: float = 0.9
+
+
+@dataclass(frozen=True)
+class RandomConfig(BaselineConfig):
+    """``seed``: the random scores' seed (the same on every DDP rank)."""
+
+    seed: int = 0
+
+
 class BaselinePruner(Pruner):
     """Score-ranked pruning, one-shot or iterative; subclasses give ``scores()`` (and ``_observe()``).
 
     State during the mask phase: ``pruned`` (n_units,) bool, the units removed so far (iterative).
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, schedule: str = "oneshot",
-                 mask_steps: int = 1000, every: int | None = None):
-        self.schedule = parse_choice(Schedule, schedule, "schedule")
-        self.mask_steps = check_steps("mask_steps", mask_steps)
-        self.every = check_steps("every", every, allow_none=True) or max(1, mask_steps // 20)
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size)
+    Config = BaselineConfig
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        c = self.config
+        self.schedule = parse_choice(Schedule, c.schedule, "schedule")
+        self.mask_steps = check_steps("mask_steps", c.steps)
+        self.every = check_steps("every", c.every, allow_none=True) or max(1, self.mask_steps // 20)
         self.steps = 0
         self.pruned = torch.zeros(self.graph.num_units, dtype=torch.bool)
         self._nm_order = self._nm_conversion_order() if self.graph.structure is Structure.NM else []
 
     # -- lifecycle -------------------------------------------------------------------------
-    def step(self) -> None:
+    def _step(self) -> None:
         """After each optimiser step: observe (Taylor), re-select when due (iterative), hold pruned units at zero."""
-        if self.result is not None:
-            return super().step()
         self.steps += 1
         self._observe()
         due = self.steps % self.every == 0 or self.steps == self.mask_steps
@@ -241,7 +273,7 @@ class BaselinePruner(Pruner):
 
 # ---------------------------------------------------------------- the three baselines
 
-@register("magnitude")
+@register("magnitude", MagnitudeConfig)
 class MagnitudePruner(BaselinePruner):
     """Keep the units with the largest group norm of their output-side weights (L2 or L1).
 
@@ -250,19 +282,16 @@ class MagnitudePruner(BaselinePruner):
         True
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, norm: str = "l2",
-                 normalize: bool = True, schedule: str = "oneshot", mask_steps: int = 1000, every: int | None = None):
-        self.norm = parse_choice(Norm, norm, "norm")
-        self.normalize = bool(normalize)
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size,
-                         schedule=schedule, mask_steps=mask_steps, every=every)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.norm = parse_choice(Norm, self.config.norm, "norm")
+        self.normalize = bool(self.config.normalize)
 
     def scores(self) -> torch.Tensor:
         return magnitude_scores(self.graph, self.model, self.norm, self.normalize)
 
 
-@register("taylor")
+@register("taylor", TaylorConfig)
 class TaylorPruner(BaselinePruner):
     """First-order Taylor importance (Molchanov et al., CVPR 2019): |Σ w·∂L/∂w| over a unit's entries.
 
@@ -276,14 +305,12 @@ class TaylorPruner(BaselinePruner):
         >>> loss.backward(); opt.step(); p.step()      # scores now reflect this gradient
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, ema_decay: float = 0.9,
-                 schedule: str = "oneshot", mask_steps: int = 1000, every: int | None = None):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        ema_decay = self.config.ema_decay
         if isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0.0 <= ema_decay < 1.0:
             raise PrunerConfigError(f"ema_decay must be a number in [0, 1), got {ema_decay!r}")
         self.ema_decay = float(ema_decay)
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size,
-                         schedule=schedule, mask_steps=mask_steps, every=every)
         self.ema = torch.zeros(self.graph.num_units, dtype=torch.float64)
         self.seen = 0  # steps that had a gradient
 
@@ -313,7 +340,7 @@ class TaylorPruner(BaselinePruner):
         super().load_state_dict(state)
 
 
-@register("random")
+@register("random", RandomConfig)
 class RandomPruner(BaselinePruner):
     """Units ranked by seeded uniform random scores: the floor any method should beat.
 
@@ -322,13 +349,11 @@ class RandomPruner(BaselinePruner):
         True
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, seed: int = 0,
-                 schedule: str = "oneshot", mask_steps: int = 1000, every: int | None = None):
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        seed = self.config.seed
         if isinstance(seed, bool) or not isinstance(seed, int):
             raise PrunerConfigError(f"seed must be an integer, got {seed!r}")
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size,
-                         schedule=schedule, mask_steps=mask_steps, every=every)
         self.seed = seed
         gen = torch.Generator().manual_seed(seed)  # same on every DDP rank
         self._scores = torch.rand(self.graph.num_units, generator=gen, dtype=torch.float64)

@@ -38,10 +38,11 @@ gradient. ``t_rate=math.inf`` turns Self-Rectifying off.
 """
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import logging
 import math
 import warnings
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -51,6 +52,7 @@ from torch.nn.utils import parametrize
 from ..errors import BudgetError, PrunerConfigError
 from ..graph_cost import predict
 from .base import Pruner, PruneResult, get_pruner, register
+from .problem import MethodConfig
 from .select import measure, nm_keep, select_keep
 from ..graph.types import Structure
 
@@ -202,25 +204,51 @@ def _base_class(base: str) -> type[Pruner]:
 
 # ---------------------------------------------------------------- the wrapper
 
-@register("dpm")
-class DecayPruning(Pruner):
-    """Decay Pruning around a base pruner; see the module docstring. ``wrap()`` takes a built base."""
+@dataclass(frozen=True)
+class DpmConfig(MethodConfig):
+    """``base``: the registered method that decides what to remove; ``steps``: decay length (default half
+    the mask phase); ``decide_at``: the step the base decides at (default mask_steps - steps);
+    ``t_rate`` / ``t_len``: Self-Rectifying thresholds (math.inf: off); ``calibration``: training inputs
+    for a data-driven base (the driver gives its training split; not a command-line knob)."""
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, mask_steps: int = 1000,
-                 base: str = "magnitude", steps: int | None = None, t_rate: float = 0.1, t_len: float = 2.0,
-                 decide_at: int | None = None, calibration: torch.Tensor | None = None):
-        steps, decide_at = _schedule(mask_steps, steps, decide_at)  # every knob checked before any graph is built
-        _check_thresholds(t_rate, t_len)
-        cls = _base_class(base)
-        accepts = inspect.signature(cls).parameters
-        kwargs: dict[str, Any] = {}
-        if "mask_steps" in accepts:  # the base's own schedule ends at the decision point
-            kwargs["mask_steps"] = max(decide_at, 1)
-        if "calibration" in accepts and calibration is not None:
-            kwargs["calibration"] = calibration
-        inner = cls(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size, **kwargs)
-        self._setup(inner, steps, decide_at, t_rate, t_len)
+    base: str = "magnitude"
+    steps: int | None = None
+    decide_at: int | None = None
+    t_rate: float = 0.1
+    t_len: float = 2.0
+    calibration: torch.Tensor | None = field(default=None, repr=False, metadata={"cli": False})
+
+    @property
+    def schedule(self) -> tuple[int, int]:
+        """(decay steps, decide_at), checked against the mask phase."""
+        return _schedule(1000 if self.mask_steps is None else self.mask_steps, self.steps, self.decide_at)
+
+    def check(self) -> None:
+        self.schedule  # noqa: B018 - checks
+        _check_thresholds(self.t_rate, self.t_len)
+        _base_class(self.base)
+
+    def for_run(self, mask_steps: int, calibration: torch.Tensor | None = None) -> "DpmConfig":
+        out = super().for_run(mask_steps, calibration)
+        return out if out.calibration is not None else dataclasses.replace(out, calibration=calibration)
+
+
+@register("dpm", DpmConfig)
+class DecayPruning(Pruner):
+    """Decay Pruning around a base pruner; see the module docstring. ``wrap()`` takes a built base.
+
+    The base is built on the same :class:`PruningProblem` (one graph, one pricing), with its own config's
+    schedule ending at the decision point."""
+
+    picks_nm_layers = False  # the base's choice is shared
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        c = self.config
+        steps, decide_at = c.schedule
+        cls = _base_class(c.base)
+        inner = cls(self.problem, cls.Config().for_run(max(decide_at, 1), c.calibration))
+        self._setup(inner, steps, decide_at, c.t_rate, c.t_len)
 
     @classmethod
     def wrap(cls, base: Pruner, steps: int | None = None, *, mask_steps: int | None = None, t_rate: float = 0.1,
@@ -234,16 +262,16 @@ class DecayPruning(Pruner):
                                      steps, decide_at)
         _check_thresholds(t_rate, t_len)
         self = cls.__new__(cls)
+        config = DpmConfig(mask_steps=decide_at + steps, base=base.name or "magnitude", steps=steps,
+                           decide_at=decide_at, t_rate=t_rate, t_len=t_len)
+        Pruner.__init__(self, base.problem, config)
         self._setup(base, steps, decide_at, t_rate, t_len)
         return self
 
     def _setup(self, base: Pruner, steps: int, decide_at: int, t_rate: float, t_len: float) -> None:
-        """Share the base's graph, costs and budget (one graph build), and start the schedule."""
+        """Take the base (built on this problem: one graph build) and its N:M choice, and start the schedule."""
         self.base = base
-        for attr in ("model", "profile", "budget", "graph", "dense", "minimum", "target"):
-            setattr(self, attr, getattr(base, attr))
         self.nm_layers = set(base.nm_layers)
-        self.result: PruneResult | None = None
         self.steps, self.decide_at, self.t_rate, self.t_len = steps, decide_at, float(t_rate), float(t_len)
         self.entries = _UnitEntries(self.graph, self.model)
         n = self.graph.num_units
@@ -273,9 +301,7 @@ class DecayPruning(Pruner):
     def scores(self) -> torch.Tensor:
         return self._scores.clone() if self.decided else self.base.scores()
 
-    def step(self) -> None:
-        if self.result is not None:
-            return super().step()
+    def _step(self) -> None:
         if not self.decided and self.t >= self.decide_at:  # decide_at == 0: decide on the first step
             self._decide()
         self.t += 1

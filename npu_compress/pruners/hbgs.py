@@ -25,6 +25,7 @@ the pruner never sees a dataset, only that tensor.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -41,6 +42,7 @@ from ..graph import Structure, apply_masks
 from ..graph.masks import get_tensor
 from ..graph_cost import predict
 from .base import Pruner, register
+from .problem import MethodConfig
 from .hbgs_select import Fit, fold, gram, ls_coefficients, removal_order, weight_delta
 from .importance import _input_dim, unit_sq_norms
 from .select import measure
@@ -133,35 +135,59 @@ class _Plan:
     comp: list[tuple[_Seen, torch.Tensor, torch.Tensor, torch.Tensor | None]]  # B None: no compensation
 
 
-@register("hbgs")
+@dataclass(frozen=True)
+class HbgsConfig(MethodConfig):
+    """``p``: channels tried per group and round; ``rounds``: pruning events over the mask phase;
+    ``selection``: backward or omp within a group; ``ridge``: least-squares regulariser; ``compensate``:
+    fold the least-squares coefficients into the consumers; ``rescore_every``: rounds between full
+    re-scoring; ``calibration``: training inputs the errors are measured on (the driver gives
+    its training split; not a command-line knob)."""
+
+    p: int = 1
+    rounds: int = 10
+    selection: Selection = Selection.BACKWARD
+    ridge: float = 1e-6
+    compensate: bool = True
+    rescore_every: int = 1
+    calibration: torch.Tensor | None = field(default=None, repr=False, metadata={"cli": False})
+
+    def for_run(self, mask_steps: int, calibration: torch.Tensor | None = None) -> "HbgsConfig":
+        out = super().for_run(mask_steps, calibration)
+        return out if out.calibration is not None else dataclasses.replace(out, calibration=calibration)
+
+
+@dataclass(frozen=True)
+class HbgtsConfig(HbgsConfig):
+    """HBGTS's knobs are HBGS's (it measures errors at the network output instead)."""
+
+
+@register("hbgs", HbgsConfig)
 class HbgsPruner(Pruner):
     """HBGS: the error of a tentative removal is measured at the group's consumers' outputs."""
 
     error_target: ClassVar[ErrorTarget] = ErrorTarget.LAYER
 
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None,
-                 calibration: torch.Tensor | None = None, p: int = 1, rounds: int = 10, mask_steps: int = 1000,
-                 selection: str | Selection = "backward", ridge: float = 1e-6, compensate: bool = True,
-                 rescore_every: int = 1):
-        if Structure.parse(structure) is not Structure.CHANNEL:
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        c, structure, model = self.config, self.problem.structure, self.model
+        p, rounds, mask_steps, selection, ridge = c.p, c.rounds, c.steps, c.selection, c.ridge
+        if structure is not Structure.CHANNEL:
             raise HbgsError(f"{type(self).__name__} prunes channels only (structure='channel'), got "
-                            f"structure={structure!r}; use method 'smart' for block or N:M sparsity")
+                            f"structure='{structure}'; use method 'smart' for block or N:M sparsity")
         try:
             self.selection = Selection(selection)
         except ValueError:
             raise HbgsError(f"selection must be one of {', '.join(s.value for s in Selection)}, "
                             f"got {selection!r}") from None
         for knob, value in (("p", p), ("rounds", rounds), ("mask_steps", mask_steps),
-                            ("rescore_every", rescore_every)):
+                            ("rescore_every", c.rescore_every)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise HbgsError(f"{knob} must be a positive integer, got {value!r}")
         if not ridge > 0:
             raise HbgsError(f"ridge must be > 0, got {ridge!r}")
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size)
         self.p, self.rounds, self.mask_steps, self.ridge = p, rounds, mask_steps, float(ridge)
-        self.compensate, self.rescore_every = bool(compensate), rescore_every
-        self.calibration = _calibration(calibration, example_inputs)
+        self.compensate, self.rescore_every = bool(c.compensate), c.rescore_every
+        self.calibration = _calibration(c.calibration, self.problem.example_inputs)
         self.consumers = find_consumers(self.graph, model)
         self.keep = torch.ones(self.graph.num_units, dtype=torch.bool)
         self.removed: list[int] = []  # units in the order they were dropped
@@ -170,10 +196,8 @@ class HbgsPruner(Pruner):
         self._forget()
 
     # -- the lifecycle -------------------------------------------------------------------
-    def step(self) -> None:
+    def _step(self) -> None:
         """After each optimizer step: hold dropped units at zero; every ``mask_steps // rounds`` steps, prune."""
-        if self.result is not None:
-            return super().step()
         self.steps += 1
         if self.removed:
             apply_masks(self.model, self.graph, self.keep)
@@ -379,7 +403,7 @@ class HbgsPruner(Pruner):
         return float((out - reference).double().square().sum() / reference.double().square().sum().clamp_min(1e-30))
 
 
-@register("hbgts")
+@register("hbgts", HbgtsConfig)
 class HbgtsPruner(HbgsPruner):
     """HBGTS: the error of a tentative removal is measured at the network output (one forward per group)."""
 

@@ -18,12 +18,14 @@ selects under the true cost model, like every method.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .base import register
-from .smart import SmartPruner
+from .smart import SmartConfig, SmartPruner
 
 
 def raw_tensor(model: nn.Module, name: str) -> torch.Tensor:
@@ -35,7 +37,12 @@ def raw_tensor(model: nn.Module, name: str) -> torch.Tensor:
     return getattr(module, attr)
 
 
-@register("pdp")
+@dataclass(frozen=True)
+class PdpConfig(SmartConfig):
+    """PDP's knobs are SMART's (its logits come from the weights, so nothing more)."""
+
+
+@register("pdp", PdpConfig)
 class PdpPruner(SmartPruner):
     """SMART's machinery with the learnable logits replaced by the units' normalised squared norms.
 

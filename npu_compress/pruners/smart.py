@@ -25,9 +25,13 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.utils import parametrize
 
+from dataclasses import dataclass
+
 from ..distributed import is_distributed
+from ..errors import PrunerConfigError
 from ..graph_cost import predict, unit_costs
 from .base import Pruner, register
+from .problem import MethodConfig
 from .importance import normalized_by_group, output_side_tables, unit_sq_norms
 from .select import mandatory_keep, measure
 from .topk import soft_topk, soft_topk_groups, solve_threshold
@@ -48,14 +52,26 @@ class _SoftMask(nn.Module):
         return w * self._pruner.mask_for(self.name).to(device=w.device, dtype=w.dtype)
 
 
-@register("smart")
+@dataclass(frozen=True)
+class SmartConfig(MethodConfig):
+    """SMART's knobs. ``tau_end_ratio``: the temperature decays to this fraction of its start over the
+    mask phase; ``relinearize_every``: steps between re-linearisations of the unit costs (0: never);
+    ``frac_tol``: keep decaying past the mask phase while more than this share of units is fractional."""
+
+    tau_end_ratio: float = 1e-3
+    relinearize_every: int = 200
+    frac_tol: float = 0.01
+
+
+@register("smart", SmartConfig)
 class SmartPruner(Pruner):
-    def __init__(self, model: nn.Module, example_inputs: Any, profile: Any, budget: Any, structure: str = "channel",
-                 *, nm: tuple[int, int] = (2, 4), group_size: int | None = None, mask_steps: int = 1000,
-                 tau_end_ratio: float = 1e-3, relinearize_every: int = 200, frac_tol: float = 0.01):
-        super().__init__(model, example_inputs, profile, budget, structure, nm=nm, group_size=group_size)
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        c, model = self.config, self.model
+        mask_steps, tau_end_ratio = c.steps, c.tau_end_ratio
+        relinearize_every, frac_tol = c.relinearize_every, c.frac_tol
         if mask_steps < 1:
-            raise ValueError(f"mask_steps must be >= 1, got {mask_steps}")
+            raise PrunerConfigError(f"mask_steps must be >= 1, got {mask_steps}")
         z = normalized_by_group(unit_sq_norms(self.graph, model).sqrt(), self.graph)
         self.logits = nn.Parameter(torch.log(z + 1e-3).float())  # (n_units,)
         if is_distributed():
@@ -166,9 +182,7 @@ class SmartPruner(Pruner):
             f = self.soft_keep()
         return float(((f > _FRACTIONAL[0]) & (f < _FRACTIONAL[1])).float().mean())
 
-    def step(self) -> None:
-        if self.result is not None:
-            return super().step()
+    def _step(self) -> None:
         self.steps += 1
         self._cache = None
         if self.steps <= self.mask_steps or self.fractional() > self.frac_tol:

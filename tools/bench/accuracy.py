@@ -59,7 +59,8 @@ from npu_compress.hardware.cost import estimate  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
 from npu_compress.io import write_atomic  # noqa: E402
 from npu_compress.pruners import PRUNERS, Pruner, get_pruner  # noqa: E402
-from npu_compress.pruning import CALIBRATION_SAMPLES, pruner_kwargs  # noqa: E402
+from npu_compress.pruners import plan  # noqa: E402
+from npu_compress.pruning import CALIBRATION_SAMPLES, run_config  # noqa: E402
 from npu_compress.training import Epochs, TrainConfig, train  # noqa: E402
 
 SLOW_FIRST = ("hbgts", "hbgs", "dpm", "smart", "pdp")  # scheduled first so the pool ends evenly
@@ -242,9 +243,9 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
         cls = get_pruner(job.method)
         budget = Budget.parse(f"latency={job.budget:g}%")
         batches = len(data.loaders(setup.batch, seed=setup.seed)[0])
-        extra = pruner_kwargs(cls, max(m_ep * batches, 1), data)
+        config = run_config(cls.Config(), max(m_ep * batches, 1), data)
         run = train(model, data, TrainConfig(Epochs(0, m_ep, f_ep), **cfg),
-                    make_pruner=lambda m: cls(m, (ex,), prof, budget, "channel", **extra))
+                    make_pruner=lambda m: cls(plan(m, (ex,), prof, budget, "channel"), config))
         res = run.prune_result
         out.update(predicted_s=res.predicted.latency_s, target_s=res.target, achieved_ratio=res.achieved_ratio,
                    units_kept=int(res.keep.sum()), units=len(res.keep))

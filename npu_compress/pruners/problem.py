@@ -1,0 +1,117 @@
+"""A pruning problem, built once: what every method prunes, and the configs that say how.
+
+    >>> problem = plan(model, (x,), "ethos-u55-256", "latency=50%", structure="channel")
+    >>> problem.target, problem.minimum          # seconds: the budget, and what no pruning goes below
+    >>> pruner = SmartPruner(problem, SmartConfig(mask_steps=200))
+
+``plan`` traces the model once (``torch.export``), prices the dense and the smallest model, and
+checks the budget is feasible: the one place that does. Methods share the problem (DPM's base
+method gets the same object), so nothing is traced or priced twice.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..choices import NMPattern
+from ..errors import NpuCompressError, PrunerConfigError
+from ..graph import build
+from ..graph.types import PruningGraphError, Structure
+from ..graph_cost import predict
+from ..hardware.budget import Budget
+from ..hardware.cost import CostReport
+from ..hardware.profile import HardwareProfile, load_profile
+from .select import minimum_cost
+
+
+@dataclass(frozen=True, eq=False)
+class PruningProblem:
+    """A model, its example inputs, the chip, the budget and the unit structure, with the graph and the
+    costs that follow from them. Frozen: build a new one (:func:`plan`) to change any of it."""
+
+    model: nn.Module
+    example_inputs: tuple
+    profile: HardwareProfile  # the profile object itself: a user's own .toml need not be findable by name
+    budget: Budget
+    structure: Structure
+    nm: NMPattern  # the N:M pattern (used when structure is NM)
+    graph: Any  # PruningGraph
+    dense: CostReport  # the unpruned model on the profile
+    minimum: float  # the cost no pruning goes below (seconds or bytes, as the budget counts)
+    target: float  # the budget in seconds or bytes, checked >= minimum
+
+    def with_model(self, model: nn.Module) -> "PruningProblem":
+        """The same problem for another instance of the same architecture (a copy): shares the graph."""
+        return dataclasses.replace(self, model=model)
+
+    def with_budget(self, budget: str | Budget) -> "PruningProblem":
+        """The same model and graph under another budget (feasibility checked; nothing traced again)."""
+        budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+        if budget.kind is not self.budget.kind:
+            raise PrunerConfigError(f"with_budget: a {budget.kind} budget for a problem priced as {self.budget.kind}")
+        return dataclasses.replace(self, budget=budget, target=budget.require_feasible(self.dense, self.minimum))
+
+
+def plan(model: nn.Module, example_inputs: Any, profile: str | HardwareProfile, budget: str | Budget,
+         structure: str | Structure = Structure.CHANNEL, *, nm: Any = (2, 4),
+         group_size: int | None = None) -> PruningProblem:
+    """Trace ``model`` once, price it on ``profile`` and check ``budget`` is feasible (a BudgetError names
+    the minimum achievable otherwise)."""
+    structure = Structure.parse(structure)
+    pattern = NMPattern.parse(nm, "nm", PruningGraphError)
+    profile = load_profile(profile)
+    budget = budget if isinstance(budget, Budget) else Budget.parse(budget)
+    inputs = tuple(example_inputs) if isinstance(example_inputs, (tuple, list)) else (example_inputs,)
+    graph = build(model, inputs, profile, structure, nm=pattern, group_size=group_size)
+    if graph.num_units == 0:
+        raise NpuCompressError(f"nothing in {type(model).__name__} can be pruned with structure "
+                               f"'{structure}':\n{graph.report()}")
+    dense = predict(graph, torch.ones(graph.num_units, dtype=torch.bool), profile)
+    minimum = minimum_cost(graph, profile, budget.kind)
+    target = budget.require_feasible(dense, minimum)
+    return PruningProblem(model, inputs, profile, budget, structure, pattern, graph, dense, minimum, target)
+
+
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of every method's config. ``mask_steps``: optimiser steps in the mask phase; None: the
+    training driver's (its mask epochs × batches), or 1000 when a method is used on its own."""
+
+    mask_steps: int | None = None
+
+    @property
+    def steps(self) -> int:
+        """``mask_steps``, 1000 when unset."""
+        return 1000 if self.mask_steps is None else self.mask_steps
+
+    def check(self) -> None:
+        """Checks that need no model (run before anything is traced); methods check the rest on construction."""
+
+    def for_run(self, mask_steps: int, calibration: torch.Tensor | None = None) -> "MethodConfig":
+        """This config with what the training driver knows filled in where the user left it unset."""
+        return self if self.mask_steps is not None else dataclasses.replace(self, mask_steps=mask_steps)
+
+
+def make_config(cls: type[MethodConfig], method: str, values: Any) -> MethodConfig:
+    """``values`` (a config, a dict, or None) as a ``cls``; an unknown key is a PrunerConfigError naming the knobs."""
+    if isinstance(values, cls):
+        return values
+    if values is None:
+        values = {}
+    if isinstance(values, MethodConfig):
+        raise PrunerConfigError(f"method '{method}' takes a {cls.__name__}, got a {type(values).__name__}")
+    if not isinstance(values, dict):
+        raise PrunerConfigError(f"method '{method}' takes a {cls.__name__} or a dict of its fields, got "
+                                f"{type(values).__name__}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise PrunerConfigError(f"method '{method}' has no knob '{unknown[0]}'; its knobs: {', '.join(known)}")
+    return cls(**values)
+
+
+__all__ = ["MethodConfig", "PruningProblem", "make_config", "plan"]

@@ -25,7 +25,8 @@ from .errors import NpuCompressError
 from .export.agreement import DEFAULT_MAX_DROP, DEFAULT_MIN_AGREEMENT
 from .export.quantize import CalibrationMethod, Precision
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
-from .pruners import PRUNERS
+from .pruners import PRUNERS, get_pruner
+from .pruners.problem import config_from_text, describe
 from .training import OptimizerKind
 from .choices import Choice, NMPattern
 from .graph.types import Structure
@@ -122,6 +123,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     from .pruning import prune
     from .training import Epochs, OptimizerKind, TrainConfig
 
+    method_config = config_from_text(get_pruner(args.method).Config, args.method, args.method_arg)
     if args.distributed:
         check_launch()
     output = Path(args.output)
@@ -137,7 +139,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     rank0 = is_rank0()  # only rank 0 writes files and prints
     try:
         outcome = prune(args.model, args.data, args.profile, args.budget, structure=args.structure,
-                        method=args.method, config=config, input_shape=_shape(args.input_shape),
+                        method=args.method, config=config, method_config=method_config, input_shape=_shape(args.input_shape),
                         nm=_nm(args.nm), output=output if rank0 else None, judge=args.judge)
     finally:
         if args.distributed:
@@ -398,7 +400,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--budget", required=True, help="latency=2.5ms | latency=50%% | memory=1.5MiB | memory=40%%")
     sp.add_argument("--structure", default=Structure.CHANNEL, **_choice(Structure))
     sp.add_argument("--nm", default="2:4", help="N:M pattern for --structure nm (default 2:4)")
-    sp.add_argument("--method", default="smart", choices=sorted(PRUNERS))
+    sp.add_argument("--method", default="smart", choices=sorted(PRUNERS), help="the pruning method (default smart)")
+    sp.add_argument("--method-arg", action="append", default=[], metavar="KEY=VALUE",
+                    help="a knob of the method's config, repeatable; typed and checked. Knobs (default): " +
+                    "; ".join(f"{name}: {describe(PRUNERS[name].Config)}" for name in sorted(PRUNERS))
+                    .replace("%", "%%"))
     sp.add_argument("--epochs", default="2,6,2", type=_prune_epochs, help="warm-up,mask,fine-tune epochs "
                     "(default 2,6,2; mask + fine-tune >= 1)")
     sp.add_argument("--optimizer", default=OptimizerKind.SGD, **_choice(OptimizerKind))

@@ -24,7 +24,7 @@ from .hardware.profile import HardwareProfile, load_profile
 from .modelspec import LoadedModel, load_model
 from .progress import seed_everything, text_digest
 from .pruners import PruneResult, get_pruner
-from .pruners.problem import MethodConfig, make_config, plan
+from .pruners.problem import MethodConfig, knobs, make_config, plan
 from .training import TrainConfig, TrainResult, clean_state_dict, train
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,7 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
     cls = get_pruner(method)
     method_config = make_config(cls.Config, method, method_config)
     method_config.check()
+    knobs_given = _knobs_given(method_config)
     example = torch.zeros(1, *loaded.input_shape[1:])
     batches = len(dataset.loaders(config.batch_size, seed=config.seed)[0])
     method_config = run_config(method_config, max(config.epochs.mask * batches, 1), dataset)
@@ -134,7 +135,7 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
         return cls(problem.with_model(m), method_config)
 
     run = train(loaded.module, dataset, config, make_pruner=make,
-                settings=_settings(loaded, prof, asked, structure, method, nm, group_size, judge))
+                settings=_settings(loaded, prof, asked, structure, method, nm, group_size, judge, knobs_given))
     result = run.prune_result
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
                            budget=str(asked), structure=structure.value, method=method, keep=result.keep.clone(),
@@ -146,7 +147,8 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
 
 
 def _settings(loaded: LoadedModel, prof: HardwareProfile, bud: Budget, structure: Structure, method: str,
-              nm: tuple[int, int], group_size: int | None, judge: str | None = None) -> dict[str, str]:
+              nm: tuple[int, int], group_size: int | None, judge: str | None = None,
+              knobs_given: str = "") -> dict[str, str]:
     """What this run is, beyond the training config and data: recorded in the progress file, checked on resume."""
     out = {"model": loaded.spec, "input_shape": ",".join(map(str, loaded.input_shape)), "method": method,
            "structure": structure.value, "budget": str(bud), "profile": f"{prof.name} (sha256 {text_digest(prof.to_toml())})",
@@ -155,6 +157,8 @@ def _settings(loaded: LoadedModel, prof: HardwareProfile, bud: Budget, structure
         out["nm"] = str(NMPattern(*nm))
     if judge is not None:
         out["judge"] = str(judge)
+    if knobs_given:
+        out["method_args"] = knobs_given
     return out
 
 
@@ -181,6 +185,12 @@ def _judge(judge: str | Judge | None, model: torch.nn.Module, example: torch.Ten
         judged = judge_budget(model, example, profile, budget)
     log.info("%s", judged.describe())
     return judged
+
+
+def _knobs_given(config: MethodConfig) -> str:
+    """The knobs set away from their defaults, as ``key=value`` text (recorded, compared on resume)."""
+    return " ".join(f"{name}={getattr(config, name)}" for name, _, default in knobs(type(config))
+                    if getattr(config, name) != default)
 
 
 def run_config(config: MethodConfig, mask_steps: int, dataset: Dataset) -> MethodConfig:

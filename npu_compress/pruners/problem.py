@@ -11,13 +11,14 @@ method gets the same object), so nothing is traced or priced twice.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..choices import NMPattern
+from ..choices import Choice, NMPattern
 from ..errors import NpuCompressError, PrunerConfigError
 from ..graph import build
 from ..graph.types import PruningGraphError, Structure
@@ -114,4 +115,64 @@ def make_config(cls: type[MethodConfig], method: str, values: Any) -> MethodConf
     return cls(**values)
 
 
-__all__ = ["MethodConfig", "PruningProblem", "make_config", "plan"]
+# ---------------------------------------------------------------- knobs from text (the CLI's --method-arg)
+
+def knobs(cls: type[MethodConfig]) -> list[tuple[str, Any, Any]]:
+    """(name, type, default) of the fields a user can set as text (``metadata={"cli": False}`` excluded)."""
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.default) for f in dataclasses.fields(cls) if f.metadata.get("cli", True)]
+
+
+def describe(cls: type[MethodConfig]) -> str:
+    """``name: type = default`` for each knob, for ``--help``."""
+    return ", ".join(f"{name}: {_type_name(tp)} = {default}" for name, tp, default in knobs(cls))
+
+
+def config_from_text(cls: type[MethodConfig], method: str, pairs: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` as typed field values of ``cls`` (checked: known key, value of its type)."""
+    types = {name: tp for name, tp, _ in knobs(cls)}
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, text = pair.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise PrunerConfigError(f"--method-arg '{pair}' must be key=value, e.g. mask_steps=100")
+        if key not in types:
+            raise PrunerConfigError(f"method '{method}' has no knob '{key}'; its knobs: "
+                                    f"{', '.join(types) or 'none'}")
+        out[key] = _from_text(types[key], text.strip(), f"--method-arg {key}")
+    return out
+
+
+def _type_name(tp: Any) -> str:
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    if args and len(args) < len(typing.get_args(tp)):
+        return f"{_type_name(args[0])} or none"
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        return "|".join(tp.values())
+    return getattr(tp, "__name__", str(tp))
+
+
+def _from_text(tp: Any, text: str, what: str) -> Any:
+    args = typing.get_args(tp)
+    if type(None) in args:
+        if text.lower() in ("none", "null", ""):
+            return None
+        tp = next(a for a in args if a is not type(None))
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        return tp.parse(text, what, PrunerConfigError)
+    if tp is bool:
+        if text.lower() in ("true", "yes", "1", "on"):
+            return True
+        if text.lower() in ("false", "no", "0", "off"):
+            return False
+        raise PrunerConfigError(f"{what}={text!r} must be true or false")
+    if tp in (int, float, str):
+        try:
+            return tp(text)
+        except ValueError:
+            raise PrunerConfigError(f"{what}={text!r} must be {'an integer' if tp is int else 'a number'}") from None
+    raise PrunerConfigError(f"{what} cannot be given as text (type {_type_name(tp)})")
+
+
+__all__ = ["MethodConfig", "PruningProblem", "config_from_text", "describe", "knobs", "make_config", "plan"]

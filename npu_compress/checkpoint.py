@@ -120,6 +120,7 @@ class PruneCheckpoint:
     nm: tuple[int, int] = (2, 4)
     group_size: int | None = None
     report: dict[str, Any] = field(default_factory=dict)
+    units: dict[str, Any] | None = None  # the pruned units by identity (graph.identity); None: an older file
 
     def save(self, path: str | Path) -> None:
         payload = to_plain({"format": FORMAT, "version": VERSION, "npu_compress": __version__, **self.__dict__},

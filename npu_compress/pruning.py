@@ -18,6 +18,7 @@ from .checkpoint import PruneCheckpoint
 from .choices import Choice, NMPattern
 from .data import Dataset, load_dataset
 from .errors import BudgetError, DataError, ModelSpecError, TrainingError
+from .graph.identity import unit_identities
 from .graph.types import PruningGraphError, Structure
 from .hardware.budget import Budget
 from .hardware.profile import HardwareProfile, load_profile
@@ -140,6 +141,7 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
                            budget=str(asked), structure=structure.value, method=method, keep=result.keep.clone(),
                            state_dict=clean_state_dict(loaded.module), nm=tuple(nm), group_size=group_size,
+                           units=unit_identities(result.graph, result.keep),
                            report=summary(result, run, dataset, method, asked, judged))
     if output is not None:
         ckpt.save(output)

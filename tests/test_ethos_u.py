@@ -58,8 +58,8 @@ def test_resnet20_compiles_with_zero_cpu_operators(tmp_path):
     model = nc.models.create("resnet20").eval()
     x = torch.zeros(1, 3, 32, 32)
     pruner = get_pruner("magnitude")(model, (x,), "ethos-u55-128", "latency=50%")
-    pruner.finalize()
-    report = export_ethos_u(model, tmp_path / "r.pte", example_inputs=(x,), calibration=Calibration(samples=8),
+    result = pruner.finalize()
+    report = export_ethos_u(model, tmp_path / "r.pte", result=result, calibration=Calibration(samples=8),
                             gate=IntGate(min_agreement=0.0, samples=16), require_npu=True)
     assert report.cpu_operators == []
     assert len(report.vela.operators) >= 19  # 19 convs + pooling + linear, every one on the NPU

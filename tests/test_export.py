@@ -10,7 +10,7 @@ from onnx import numpy_helper
 
 from npu_compress import Budget, VerificationError, estimate, graph, load_profile, models
 from npu_compress.checkpoint import CheckpointError, PruneCheckpoint
-from npu_compress.export import attach_result, export_onnx, verify_onnx
+from npu_compress.export import export_onnx, verify_onnx
 
 # this file tests the float32 path; int8 (the default on int8 profiles) is tests/test_int8.py
 export_fp32 = functools.partial(export_onnx, precision="fp32")
@@ -48,7 +48,6 @@ def _pruned(name, structure, frac, seed=0):
     graph.apply_masks(model, g, keep)
     dense = predict(g, torch.ones(g.num_units, dtype=torch.bool), p)
     result = PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("latency=100%"), dense.latency_s, p)
-    attach_result(model, result)
     return model, x, result
 
 
@@ -68,7 +67,7 @@ SLOW = {"vgg16", "resnet56", "mobilenetv2"}  # the largest: same code paths, run
 def test_export_verifies_and_costs_match(name, structure, frac, tmp_path):
     model, x, result = _pruned(name, structure, frac)
     path = tmp_path / "m.onnx"
-    report = export_fp32(model, path, example_inputs=(x,))
+    report = export_fp32(model, path, example_inputs=(x,), result=result)
     onnx.checker.check_model(str(path))
     v = report.verification
     assert v.passed and v.max_abs_error <= 1e-4 * max(1.0, v.scale)
@@ -100,8 +99,8 @@ def test_packed_file_holds_about_half_the_weight_bytes(structure, tmp_path):
     dense_path = tmp_path / "dense.onnx"
     export_fp32(models.create("resnet20").eval(), dense_path, example_inputs=(x,))
     dense = predict(g, torch.ones(g.num_units, dtype=torch.bool), p)
-    attach_result(model, PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("memory=100%"), 1.0, p))
-    report = export_fp32(model, tmp_path / "packed.onnx", example_inputs=(x,))
+    result = PruneResult(g, keep, predict(g, keep, p), dense, Budget.parse("memory=100%"), 1.0, p)
+    report = export_fp32(model, tmp_path / "packed.onnx", example_inputs=(x,), result=result)
     assert report.packed, "nothing was packed"
     index_bytes = sum(pw.index_bytes for pw in report.packed)
     packed_dense = sum(pw.dense_bytes for pw in report.packed)
@@ -113,7 +112,7 @@ def test_packed_file_holds_about_half_the_weight_bytes(structure, tmp_path):
 
 
 def test_verification_failure_leaves_nothing_and_keeps_existing_file(tmp_path):
-    model, x, _ = _pruned("digits-cnn", "channel", 0.3)
+    model, x, result = _pruned("digits-cnn", "channel", 0.3)
     path = tmp_path / "m.onnx"
     path.write_bytes(b"previous")
     perturbed = models.create("digits-cnn").eval()
@@ -121,21 +120,24 @@ def test_verification_failure_leaves_nothing_and_keeps_existing_file(tmp_path):
     with torch.no_grad():
         perturbed.fc.bias[0] += 1.0  # a weight column could feed from a pruned (zero) channel
     with pytest.raises(VerificationError, match="nothing written"):
-        export_fp32(model, path, example_inputs=(x,), reference=perturbed)
+        export_fp32(model, path, example_inputs=(x,), reference=perturbed, result=result)
     assert path.read_bytes() == b"previous"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]  # no temp file left
-    export_fp32(model, path, example_inputs=(x,))
+    export_fp32(model, path, example_inputs=(x,), result=result)
     with pytest.raises(VerificationError, match="max abs error"):
         verify_onnx(path, perturbed, torch.randn(2, 1, 8, 8))
 
 
 def test_unwritable_path_and_wrong_structure(tmp_path):
-    model, x, _ = _pruned("digits-cnn", "channel", 0.3)
+    model, x, result = _pruned("digits-cnn", "channel", 0.3)
     from npu_compress import NpuCompressError
     with pytest.raises(NpuCompressError, match="pruned with structure 'channel'"):
-        export_fp32(model, tmp_path / "m.onnx", example_inputs=(x,), structure="block")
+        export_fp32(model, tmp_path / "m.onnx", example_inputs=(x,), structure="block", result=result)
     with pytest.raises(OutputError, match="does not exist"):
-        export_fp32(model, tmp_path / "no" / "such" / "m.onnx", example_inputs=(x,))
+        export_fp32(model, tmp_path / "no" / "such" / "m.onnx", example_inputs=(x,), result=result)
+    assert not any(name.startswith("_npu") for name in vars(model))  # nothing rides on the user's module
+    with pytest.raises(NpuCompressError, match="a checkpoint carries its own result"):
+        export_fp32(tmp_path / "c.ckpt", tmp_path / "m.onnx", result=result)
 
 
 def _checkpoint(tmp_path, **change):

@@ -132,7 +132,9 @@ def test_custom_profile_file_round_trips_prune_to_export(tmp_path):
     outcome = nc.prune("digits-cnn", "digits", str(custom), "latency=60%", method="magnitude",
                        config=TrainConfig(Epochs(1, 1, 0), progress=False), output=tmp_path / "c.ckpt")
     x = torch.zeros(1, 1, 8, 8)
-    from_model = export_onnx(outcome.model, tmp_path / "a.onnx", example_inputs=(x,), data="digits")
+    assert outcome.result.profile.name == "my-chip" and outcome.result.problem.profile is outcome.result.profile
+    from_model = export_onnx(outcome.model, tmp_path / "a.onnx", example_inputs=(x,), data="digits",
+                             result=outcome.result)
     from_ckpt = export_onnx(tmp_path / "c.ckpt", tmp_path / "b.onnx", data="digits")
     for r in (from_model, from_ckpt):
         assert r.profile == "my-chip" and r.precision == "int8"

@@ -35,7 +35,7 @@ def test_every_method_meets_the_budget_and_exports(method, kind, budget, tmp_pat
     cost = measure(r.predicted, p.budget.kind)
     assert cost <= p.target * (1 + 1e-12)
     assert cost >= p.target - float(unit_costs(p.graph, p.profile, kind, r.keep).max()) * (1 + 1e-9)
-    report = export_onnx(model, tmp_path / f"{method}.onnx", example_inputs=(x,), samples=data.x_test[:16])
+    report = export_onnx(model, tmp_path / f"{method}.onnx", example_inputs=(x,), samples=data.x_test[:16], result=r)
     assert report.verification.passed
     assert report.pruned.latency_s == pytest.approx(r.predicted.latency_s, rel=1e-12)
 
@@ -76,4 +76,4 @@ def test_every_method_on_a_unet_without_labels(method, kind, budget, tmp_path):
     r = p.finalize()
     cost = measure(r.predicted, p.budget.kind)
     assert p.target - float(unit_costs(p.graph, p.profile, kind, r.keep).max()) * (1 + 1e-9) <= cost <= p.target
-    assert export_onnx(model, tmp_path / "u.onnx", example_inputs=(x,)).verification.passed
+    assert export_onnx(model, tmp_path / "u.onnx", example_inputs=(x,), result=r).verification.passed

@@ -166,3 +166,44 @@ def test_knob_text_is_typed():
     with pytest.raises(PrunerConfigError, match="must be key=value"):
         config_from_text(HbgsConfig, "hbgs", ["p"])
     assert np.isinf(config_from_text(nc.pruners.dpm.DpmConfig, "dpm", ["t_len=inf"])["t_len"])
+
+
+# ---------------------------------------------------------------- results passed explicitly, checked on export
+
+def test_checkpoint_names_pruned_units_and_export_checks_them(tmp_path, digits_small, caplog):
+    from npu_compress.checkpoint import CheckpointError, PruneCheckpoint
+
+    out = nc.prune("digits-cnn", digits_small, "generic-4tops", "latency=60%", method="magnitude",
+                   config=nc.TrainConfig(nc.Epochs(0, 1, 0), progress=False), output=tmp_path / "a.ckpt")
+    assert not any(name.startswith("_npu") for name in vars(out.model))  # the result is returned, not attached
+    ckpt = PruneCheckpoint.load(tmp_path / "a.ckpt")
+    pruned = ckpt.units["pruned"]
+    assert len(pruned) == int((~out.result.keep).sum()) > 0
+    assert all(isinstance(param, str) and isinstance(dim, int) and idx for unit in pruned for param, dim, idx in unit)
+    assert nc.export_onnx(tmp_path / "a.ckpt", tmp_path / "a.onnx", precision="fp32").verification.passed
+
+    unit = pruned[0][0]
+    unit[2] = [i + 1 for i in unit[2]]  # a unit the rebuilt graph does not have at that place
+    ckpt.save(tmp_path / "b.ckpt")
+    with pytest.raises(CheckpointError, match=r"does not match model 'digits-cnn' as rebuilt now .*pruned unit 0"):
+        nc.export_onnx(tmp_path / "b.ckpt", tmp_path / "b.onnx", precision="fp32")
+    assert not (tmp_path / "b.onnx").exists()
+
+    ckpt.units = None  # a checkpoint from before unit identities: one line, then trusted by position
+    ckpt.save(tmp_path / "c.ckpt")
+    with caplog.at_level("WARNING", logger="npu_compress.export.job"):
+        assert nc.export_onnx(tmp_path / "c.ckpt", tmp_path / "c.onnx", precision="fp32").verification.passed
+    assert "predates stored unit identities" in caplog.text
+
+
+def test_block_checkpoint_stores_the_weight_layouts(tmp_path, digits_small):
+    from npu_compress.checkpoint import CheckpointError, PruneCheckpoint
+
+    nc.prune("digits-cnn", digits_small, "generic-4tops", "memory=60%", method="magnitude", structure="block",
+             config=nc.TrainConfig(nc.Epochs(0, 1, 0), progress=False), output=tmp_path / "a.ckpt")
+    ckpt = PruneCheckpoint.load(tmp_path / "a.ckpt")
+    assert ckpt.units["structure"] == "block" and ckpt.units["layouts"][0][0].endswith("weight")
+    ckpt.units["layouts"][0][4] = [1, 1]  # another tile: every unit of that weight would be another block
+    ckpt.save(tmp_path / "b.ckpt")
+    with pytest.raises(CheckpointError, match="weight layout 0 differs"):
+        nc.export_onnx(tmp_path / "b.ckpt", tmp_path / "b.onnx", precision="fp32")

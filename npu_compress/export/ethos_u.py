@@ -125,16 +125,17 @@ class EthosUReport:
 def export_ethos_u(model_or_checkpoint: nn.Module | str | Path, path: str | Path, example_inputs: Any = None,
                    profile: str | HardwareProfile | None = None, *, data: Dataset | str | Path | None = None,
                    calibration: Calibration = Calibration(), gate: IntGate = IntGate(), verify: bool = True,
-                   require_npu: bool = False) -> EthosUReport:
+                   require_npu: bool = False, result: Any = None) -> EthosUReport:
     """Quantize with ExecuTorch's Ethos-U quantizer, lower through TOSA to Vela, write the ``.pte``.
 
     Nothing is written when the int8 check fails, or with ``require_npu`` when any operator is left
     on the CPU. ``data``: calibration from its training split, the check on its test split.
+    ``result``: the ``PruneResult`` of a model a pruner finalized (see :func:`export_onnx`).
     """
     require_executorch()
     # before minutes of compiling, not after; never over the checkpoint it reads
     check_output(path, [model_or_checkpoint] if isinstance(model_or_checkpoint, (str, Path)) else [])
-    job = job_from(model_or_checkpoint, example_inputs, profile)
+    job = job_from(model_or_checkpoint, example_inputs, profile, result=result)
     tool = job.profile.toolchain
     if not tool.vela_accelerator:
         raise EthosUError(f"profile '{job.profile.name}' names no Ethos-U accelerator ([toolchain] vela_accelerator); "

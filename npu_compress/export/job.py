@@ -1,13 +1,15 @@
-"""What an export works on, whatever it was given: a ``prune`` checkpoint, a model a pruner finalized
-(the result rides on it, set by ``Pruner.finalize`` through :func:`attach_result`), or a dense model.
+"""What an export works on, whatever it was given: a ``prune`` checkpoint, a model with the
+``PruneResult`` its pruner's ``finalize()`` returned (passed explicitly: nothing rides on the model),
+or a dense model.
 
-    job = job_from("digits.ckpt")                                  # or job_from(model, (x,), profile)
+    job = job_from("digits.ckpt")                                  # or job_from(model, result=result)
     job.masked, job.graph, job.keep, job.profile, job.default_precision()
 
 Shared by the ONNX exporter and the Ethos-U target, with the inputs both check on.
 """
 from __future__ import annotations
 
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +21,8 @@ from torch import nn
 from ..checkpoint import CheckpointError, PruneCheckpoint
 from ..data import Dataset, load_dataset
 from ..errors import NpuCompressError
-from ..graph import Structure, build
+from ..graph import PruningGraphError, Structure, build
+from ..graph.identity import check_identities
 from ..hardware.cost import FormatKind
 from ..hardware.profile import HardwareProfile, load_profile, profile_from_dict
 from ..modelspec import load_model
@@ -30,6 +33,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
+log = logging.getLogger(__name__)
 FLOAT_CHECK_SAMPLES = 64  # real test samples the float check runs on, besides random ones
 RANDOM_CHECK_SAMPLES = 256  # random inputs an integer check runs on when no data is given
 
@@ -66,21 +70,6 @@ class Job:
         return Precision.default_for(self.profile.compute.dtype) if self.profile_known else Precision.FP32
 
 
-def attach_result(model: nn.Module, result: Any) -> None:
-    """Let ``model`` carry its pruning result to ``export_onnx`` (done by ``Pruner.finalize``)."""
-    object.__setattr__(model, "_npu_compress_result", _Shared(result))
-
-
-class _Shared:
-    """A reference that deep copies share (a model's copy points to the same pruning result)."""
-
-    def __init__(self, value: Any):
-        self.value = value
-
-    def __deepcopy__(self, memo: dict) -> "_Shared":
-        return self
-
-
 def _from_checkpoint(path: Path) -> Job:
     ckpt = PruneCheckpoint.load(path)
     loaded = load_model(ckpt.model_spec, tuple(ckpt.input_shape))
@@ -96,27 +85,46 @@ def _from_checkpoint(path: Path) -> Job:
     if graph.num_units != len(ckpt.keep):
         raise CheckpointError(f"checkpoint '{path}' has {len(ckpt.keep)} units but model '{ckpt.model_spec}' has "
                               f"{graph.num_units} with structure {ckpt.structure}: written for another model")
+    if ckpt.units is None:
+        log.warning("checkpoint '%s' predates stored unit identities: its keep-set is applied by position "
+                    "(prune again to store them)", path)
+    else:
+        try:
+            check_identities(graph, ckpt.keep.bool(), ckpt.units)
+        except PruningGraphError as e:
+            raise CheckpointError(f"checkpoint '{path}' does not match model '{ckpt.model_spec}' as rebuilt now "
+                                  f"(other model code or npu_compress version?): {e}; nothing exported") from None
     return Job(loaded.module, example, profile, structure, graph, ckpt.keep.bool(), ckpt.budget, tuple(ckpt.nm))
 
 
-def _from_model(model: nn.Module, example_inputs: Any, profile: Any) -> Job:
+def _from_model(model: nn.Module, example_inputs: Any, profile: Any, result: Any) -> Job:
+    if example_inputs is None and result is not None and getattr(result, "problem", None) is not None:
+        example_inputs = result.problem.example_inputs
     if example_inputs is None:
         raise NpuCompressError("export_onnx(model, ...) needs example_inputs, e.g. (torch.randn(1, 3, 32, 32),)")
     example = example_inputs[0] if isinstance(example_inputs, (tuple, list)) else example_inputs
-    shared = getattr(model, "_npu_compress_result", None)
-    if shared is None:
+    if result is None:
         return Job(model, example[:1], load_profile(profile) if profile is not None else load_profile(), None,
-                    profile_known=profile is not None)
-    result = shared.value  # carries the profile object itself: a user's own .toml need not be findable by name
+                   profile_known=profile is not None)
+    if not (hasattr(result, "graph") and hasattr(result, "keep")):
+        raise NpuCompressError(f"result must be the PruneResult a pruner's finalize() returned, got "
+                               f"{type(result).__name__}")
+    # the result carries the profile object itself: a user's own .toml need not be findable by name
     return Job(model, example[:1], load_profile(profile) if profile is not None else result.profile,
-                result.graph.structure, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
+               result.graph.structure, result.graph, result.keep, str(result.budget), result.graph.nm or (2, 4))
 
 
 def job_from(model_or_checkpoint: nn.Module | str | Path, example_inputs: Any = None,
-             profile: str | HardwareProfile | None = None, structure: str | Structure | None = None) -> Job:
-    """What to export, from a checkpoint path or a model (finalized by a pruner, or dense)."""
+             profile: str | HardwareProfile | None = None, structure: str | Structure | None = None,
+             result: Any = None) -> Job:
+    """What to export, from a checkpoint path or a model (with the ``PruneResult`` its pruner returned, or dense)."""
     src = model_or_checkpoint
-    job = _from_checkpoint(Path(src)) if isinstance(src, (str, Path)) else _from_model(src, example_inputs, profile)
+    if isinstance(src, (str, Path)):
+        if result is not None:
+            raise NpuCompressError("result= goes with a model; a checkpoint carries its own result")
+        job = _from_checkpoint(Path(src))
+    else:
+        job = _from_model(src, example_inputs, profile, result)
     asked = None if structure is None or structure == "dense" else Structure.parse(structure)
     if structure is not None and asked is not job.structure:
         raise NpuCompressError(f"structure='{structure}' was asked for, but the model was pruned with structure "

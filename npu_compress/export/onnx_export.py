@@ -9,7 +9,7 @@
 - always: ``onnx.checker``, then onnxruntime vs the torch (masked) model on random inputs and any
   given real samples; the file appears only when all of that passed (temp file + rename).
 
-    report = export_onnx(model, "model.onnx", example_inputs=(x,))     # model finalized by a pruner
+    report = export_onnx(model, "model.onnx", result=pruner.finalize())  # a model a pruner finalized
     report = export_onnx("digits.ckpt", "digits.onnx")                  # or a checkpoint
 """
 from __future__ import annotations
@@ -94,9 +94,12 @@ def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, e
                 verify: bool = True, tolerance: float = DEFAULT_TOLERANCE, samples: torch.Tensor | None = None,
                 reference: nn.Module | None = None, *, precision: str | Precision | None = None,
                 data: Dataset | str | Path | None = None, calibration: Calibration = Calibration(),
-                gate: IntGate = IntGate()) -> ExportReport:
+                gate: IntGate = IntGate(), result: Any = None) -> ExportReport:
     """Export, simplify, (quantize), (pack), check and verify; write ``path`` atomically; return the report.
 
+    ``result``: the :class:`~npu_compress.pruners.PruneResult` a pruner's ``finalize()`` returned for
+    ``model`` (its graph, keep-set, profile object, budget; example inputs default to its problem's).
+    Without it a model is exported dense.
     ``structure``: optional check; the structure is the one the model was pruned with.
     ``precision``: ``"fp32"`` or ``"int8"`` (QDQ); default: the profile's ``compute.dtype`` (an int8 chip
     gets int8) where the profile is known (a checkpoint, a pruned model, or ``profile=``), else fp32.
@@ -109,7 +112,7 @@ def export_onnx(model_or_checkpoint: nn.Module | str | Path, path: str | Path, e
     if not (isinstance(tolerance, (int, float)) and tolerance >= 0 and tolerance == tolerance):
         raise NpuCompressError(f"tolerance must be a number >= 0, got {tolerance!r}")
     check_output(path, [model_or_checkpoint] if isinstance(model_or_checkpoint, (str, Path)) else [])
-    job = job_from(model_or_checkpoint, example_inputs, profile, structure)
+    job = job_from(model_or_checkpoint, example_inputs, profile, structure, result=result)
     dataset = as_dataset(data)
     if samples is None and dataset is not None:
         samples = dataset.x_test[:FLOAT_CHECK_SAMPLES]

@@ -19,7 +19,6 @@ import torch
 from torch import nn
 
 from ..errors import NpuCompressError
-from ..export.job import attach_result
 from ..graph import apply_masks
 from ..graph_cost import predict
 from ..hardware.budget import Budget
@@ -109,12 +108,11 @@ class Pruner:
         return select_keep(self.graph, scores, self.profile, self.budget, self.target)
 
     def _install(self, keep: torch.Tensor) -> None:
-        """Zero the pruned units, record the result, and let the model carry it to ``export_onnx``."""
+        """Zero the pruned units and record the result (``finalize()`` returns it: pass it to ``export_onnx``)."""
         keep = self.graph.check_keep(keep)
         apply_masks(self.model, self.graph, keep)
         self.result = PruneResult(self.graph, keep, predict(self.graph, keep, self.profile), self.dense,
                                   self.budget, self.target, self.profile, self.problem)
-        attach_result(self.model, self.result)
 
     def _before_finalize(self) -> None:
         """Hook for subclasses: drop soft masks before the hard ones go in."""

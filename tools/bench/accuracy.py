@@ -255,7 +255,8 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
     onnx_path = Path(setup.work) / f"onnx_e{m_ep}-{f_ep}" / f"{job.key}.onnx"
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     t1 = time.perf_counter()
-    report = export_onnx(model, onnx_path, (ex,), profile=prof, samples=data.x_test[:16], precision="fp32")
+    report = export_onnx(model, onnx_path, (ex,), profile=prof, samples=data.x_test[:16], precision="fp32",
+                         result=run.prune_result)
     out.update(export_s=time.perf_counter() - t1, onnx=str(onnx_path), macs=report.pruned.macs,
                exported_latency_s=report.pruned.latency_s,  # re-estimated from the exported model itself
                verify_max_abs_error=report.verification.max_abs_error)

@@ -60,10 +60,12 @@ def model_rows(pruned: bool, overhead: float, tmp: Path) -> list[dict]:
             model = models.create(name).eval()
             x = models.example_input(name)
             pred = nc.estimate(model, x, PROFILE).latency_s
+            result = None
             if budget:  # channel pruning zeroes units; export removes them physically
-                pred = nc.SmartPruner(model, (x,), PROFILE, budget, mask_steps=1).finalize().predicted.latency_s
+                result = nc.SmartPruner(model, (x,), PROFILE, budget, mask_steps=1).finalize()
+                pred = result.predicted.latency_s
             path = tmp / f"{name}-{tag}.onnx"
-            nc.export_onnx(model, path, example_inputs=(x,), verify=False, precision="fp32")
+            nc.export_onnx(model, path, example_inputs=(x,), verify=False, precision="fp32", result=result)
             meas = measure_onnx(path, x, overhead)
             rows.append({"name": f"{name} {tag}", "measured_s": meas, "predicted_s": pred})
             print(f"  {name} {tag}: measured {meas * 1e3:.3f} ms, predicted {pred * 1e3:.3f} ms", flush=True)

@@ -81,7 +81,7 @@ def main() -> None:
                     continue
                 result = pruner.finalize()
                 path = work / f"{name}-{profile}-{pct:g}.onnx"
-                export_onnx(model, path, example_inputs=(x1,), precision="fp32")
+                export_onnx(model, path, example_inputs=(x1,), precision="fp32", result=result)
                 row.update(predicted_speedup=result.dense.latency_s / result.predicted.latency_s,
                            achieved_ratio=result.achieved_ratio, macs_ratio=result.predicted.macs / result.dense.macs)
                 sess = _session(path)

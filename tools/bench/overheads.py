@@ -44,10 +44,11 @@ def measure(name: str, profile, budget: str, batch: int, steps: int, repeats: in
     estimate_s = median_seconds(lambda: estimate(model, (ex,), profile), repeats)
     pruner = SmartPruner(model, (ex,), profile, budget, "channel")
     t0 = time.perf_counter()
-    pruner.finalize()
+    result = pruner.finalize()
     finalize_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
-        export_s = median_seconds(lambda: export_onnx(model, Path(tmp) / "m.onnx", (ex,), precision="fp32"),
+        export_s = median_seconds(lambda: export_onnx(model, Path(tmp) / "m.onnx", (ex,), precision="fp32",
+                                                      result=result),
                                   repeats, warmup=0)
     return {"model": name, "batch": batch, "units": units, "plain_step_s": plain_s,
             "smart_step_s": smart_s, "step_ratio": smart_s / plain_s, "graph_build_s": build["ours_s"],

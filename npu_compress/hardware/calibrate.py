@@ -77,7 +77,7 @@ class ProbeKind(Choice):
 
 @dataclass(frozen=True)
 class Shape:
-    """One single-layer benchmark. ``kind``: conv | dwconv | gemm | add | relu (:class:`ProbeKind`)."""
+    """One single-layer benchmark. ``kind``: conv | dwconv | gemm | add | relu (:class:`ProbeKind`).
 
     conv: ``a=c_in, b=c_out, k=kernel side, hw=spatial side``; dwconv: ``a=b=channels``;
     gemm: ``a=K, b=N, hw=M`` rows; add/relu: ``a`` elements.
@@ -416,11 +416,13 @@ def _fit_rates(shapes: list[Shape], meas: np.ndarray, to: int, ti: int) -> list[
 
 def _profile(r: _Rates, to: int, ti: int, sram: int, bw: float, description: str, source: str) -> HardwareProfile:
     clock = NOMINAL_CLOCK_HZ
-    compute = Compute(max(1, round(1 / (r.s_per_mac * clock))), clock, DType.FP32,
-                      max(1, round(1 / (r.s_per_elem * clock))))
-    return HardwareProfile(SCHEMA_VERSION, "ort-cpu", description or "-", source or "-", compute,
-                           Tiling(to, ti, (to, ti)), Memory(sram, bw, "none"),
-                           Sparsity(False, (), 4, 8), Overhead(max(0, round(r.s_per_layer * clock))))
+    compute = Compute(macs_per_cycle=max(1, round(1 / (r.s_per_mac * clock))), clock_hz=clock, dtype=DType.FP32,
+                      vector_ops_per_cycle=max(1, round(1 / (r.s_per_elem * clock))))
+    return HardwareProfile(schema_version=SCHEMA_VERSION, name="ort-cpu", description=description or "-",
+                           source=source or "-", compute=compute, tiling=Tiling(tile_out=to, tile_in=ti, block=(to, ti)),
+                           memory=Memory(sram_bytes=sram, dram_bandwidth_bytes_per_s=bw, weight_compression="none"),
+                           sparsity=Sparsity(block_skip=False, nm=(), index_bytes=4, nm_index_bits=8),
+                           overhead=Overhead(layer_cycles=max(0, round(r.s_per_layer * clock))))
 
 
 def predict(shapes: list[Shape], profile: HardwareProfile) -> np.ndarray:

@@ -15,7 +15,8 @@ import dataclasses
 import enum
 import math
 import sys
-from dataclasses import dataclass, fields
+import typing
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ else:  # pragma: no cover - exercised only on Python 3.10
 from ..choices import Choice, NMPattern
 from ..errors import ProfileError
 
-SCHEMA_VERSION = 2  # 2: optional [efficiency] and [toolchain]; version-1 files load through _migrate_v1
+SCHEMA_VERSION = 2  # 2: optional [efficiency] and [toolchain]; older files load through migrate()
 DEFAULT_PROFILE = "generic-4tops"
 
 
@@ -50,39 +51,49 @@ class DType(Choice):
         return {"int8": 4, "int16": 8, "fp16": 2, "fp32": 4}[self.value]
 
 
-@dataclass(frozen=True)
+def key(default: Any = dataclasses.MISSING, *, min: float | None = None, allowed: Any = None,
+        hint: str = "") -> Any:
+    """A profile key: the field's type says how it is read (int, float, bool, str, a :class:`Choice`, a pair
+    of ints, a list of N:M patterns or of strings); ``min``: the smallest value allowed (default: > 0 for
+    numbers); ``allowed``: the values a string (or each list entry) may take, or a function giving them;
+    ``hint``: what the allowed values are, for the error message."""
+    meta = {"min": min, "allowed": allowed, "hint": hint}
+    return field(metadata=meta) if default is dataclasses.MISSING else field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True, kw_only=True)
 class Compute:
-    macs_per_cycle: int  # MAC array throughput, multiply-accumulates per clock
-    clock_hz: float
-    dtype: DType
-    vector_ops_per_cycle: int  # elementwise / pooling throughput, elements per clock
+    macs_per_cycle: int = key()  # MAC array throughput, multiply-accumulates per clock
+    clock_hz: float = key()
+    dtype: DType = key()
+    vector_ops_per_cycle: int = key()  # elementwise / pooling throughput, elements per clock
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Tiling:
-    tile_out: int  # output channels the MAC array consumes at once
-    tile_in: int  # input channels the MAC array consumes at once
-    block: tuple[int, int]  # (bo, bi) weight block shape used by block pruning
+    tile_out: int = key()  # output channels the MAC array consumes at once
+    tile_in: int = key()  # input channels the MAC array consumes at once
+    block: tuple[int, int] = key()  # (bo, bi) weight block shape used by block pruning
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Memory:
-    sram_bytes: int  # on-chip buffer for activations
-    dram_bandwidth_bytes_per_s: float  # off-chip (DRAM / flash) read bandwidth
-    weight_compression: str = ""  # notes on the compiler's weight encoding
+    sram_bytes: int = key()  # on-chip buffer for activations
+    dram_bandwidth_bytes_per_s: float = key()  # off-chip (DRAM / flash) read bandwidth
+    weight_compression: str = key("")  # notes on the compiler's weight encoding
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Sparsity:
-    block_skip: bool  # hardware skips all-zero packed blocks (compute scales with density)
-    nm: tuple[NMPattern, ...]  # N:M patterns the hardware accelerates, e.g. (NMPattern(2, 4),) from "2:4"
-    index_bytes: int  # bytes of index stored per kept block
-    nm_index_bits: int  # bits of index stored per kept weight in N:M format
+    block_skip: bool = key()  # hardware skips all-zero packed blocks (compute scales with density)
+    nm: tuple[NMPattern, ...] = key()  # N:M patterns the hardware accelerates, e.g. (NMPattern(2, 4),) from "2:4"
+    index_bytes: int = key(min=0)  # bytes of index stored per kept block
+    nm_index_bits: int = key(min=0)  # bits of index stored per kept weight in N:M format
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Overhead:
-    layer_cycles: int  # fixed cycles per executed layer (command setup, DMA start)
+    layer_cycles: int = key(min=0)  # fixed cycles per executed layer (command setup, DMA start)
 
 
 OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "activation", "pool", "norm", "move")
@@ -149,15 +160,17 @@ class Efficiency:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Fusion:
     """Which single-input elementwise ops (activations, scalings) the chip's compiler runs in the output
     stage of the layer before them, at no cost (optional section ``[fusion]``). NPU compilers fuse
     them all (the default); a CPU runtime fuses a few into a conv or GEMM and runs the rest, GELU and
     SiLU's sigmoid among them, as kernels of their own. Batch norm after a conv is always folded."""
 
-    activations: tuple[str, ...] = ("*",)  # ATen base names (hardware/ops.py); "*": every such op
-    after_elementwise: bool = True  # also into an unfused elementwise op (residual add then ReLU: one op)
+    activations: tuple[str, ...] = key(("*",), allowed=lambda: _elementwise_ops(), hint="not an elementwise op; "
+                                       "use ATen base names such as relu, gelu, sigmoid, mul, or \"*\" for all")
+    # ATen base names (hardware/ops.py); "*": every such op
+    after_elementwise: bool = key(True)  # also into an unfused elementwise op (residual add then ReLU: one op)
 
     def fuses(self, op: str, into: Any) -> bool:
         """Whether ``op`` runs free in the output stage of a layer of kind ``into`` (``ops.Stage`` MAC | ELEMENTWISE)."""
@@ -168,13 +181,14 @@ class Fusion:
         return "*" in self.activations or op in self.activations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Toolchain:
     """The chip vendor's compiler that a ``--target`` export drives (optional section ``[toolchain]``)."""
 
-    vela_accelerator: str = ""  # Arm Vela --accelerator-config, e.g. "ethos-u55-128" ("" : not an Ethos-U)
-    vela_system_config: str = ""  # Vela --system-config in Arm/vela.ini ("": ExecuTorch's default for the target)
-    vela_memory_mode: str = ""  # Vela --memory-mode ("": ExecuTorch's default for the target)
+    vela_accelerator: str = key("", allowed=lambda: VELA_ACCELERATORS,
+                                hint="not a Vela accelerator configuration")  # e.g. "ethos-u55-128" ("": not an Ethos-U)
+    vela_system_config: str = key("")  # Vela --system-config in Arm/vela.ini ("": ExecuTorch's default for the target)
+    vela_memory_mode: str = key("")  # Vela --memory-mode ("": ExecuTorch's default for the target)
 
 
 VELA_ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55-256", "ethos-u65-256",
@@ -182,7 +196,7 @@ VELA_ACCELERATORS = ("ethos-u55-32", "ethos-u55-64", "ethos-u55-128", "ethos-u55
                      "ethos-u85-2048")  # Vela's accelerator configurations (ethosu/vela/architecture_features.py)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HardwareProfile:
     """A chip, as the cost model sees it. Frozen; compare with ``==``."""
 
@@ -309,6 +323,7 @@ def _parse_section(where: str, name: str, body: Any) -> Any:
     if cls is Efficiency:
         return _parse_efficiency(where, body)
     known = {f.name: f for f in fields(cls)}
+    types = typing.get_type_hints(cls)
     unknown = sorted(set(body) - set(known))
     if unknown:
         raise ProfileError(f"{where}: unknown key '{name}.{unknown[0]}'; allowed keys in [{name}]: {', '.join(known)}")
@@ -319,53 +334,59 @@ def _parse_section(where: str, name: str, body: Any) -> Any:
             if f.default is not dataclasses.MISSING:
                 continue
             raise ProfileError(f"{where}: missing key '{qual}'")
-        values[key] = _parse_value(where, qual, key, body[key])
+        values[key] = _parse_value(where, qual, types[key], f.metadata, body[key])
     return cls(**values)
 
 
-def _parse_value(where: str, qual: str, key: str, v: Any) -> Any:
-    if key == "dtype":
-        allowed = [d.value for d in DType]
-        if v not in allowed:
-            raise ProfileError(f"{where}: key '{qual}' = {v!r} is not a known dtype; allowed: {', '.join(allowed)}")
-        return DType(v)
-    if key == "block":
-        if not (isinstance(v, list) and len(v) == 2):
-            raise ProfileError(f"{where}: key '{qual}' must be a list of two positive integers [bo, bi], got {v!r}")
-        return tuple(_check_number(where, qual, x, int) for x in v)
-    if key == "nm":
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ProfileError(f"{where}: key '{qual}' must be a list of 'N:M' strings, got {v!r}")
-        return tuple(NMPattern.parse(x, f"{where}: key '{qual}' entry", ProfileError) for x in v)
-    if key == "activations":
-        from .ops import BINARY, UNARY
-
-        known = UNARY | BINARY | {"div", "pow", "*"}
-        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-            raise ProfileError(f"{where}: key '{qual}' must be a list of op names, got {v!r}")
-        bad = [x for x in v if x not in known]
-        if bad:
-            raise ProfileError(f"{where}: key '{qual}' names {bad[0]!r}, not an elementwise op; use ATen base names "
-                               f"such as relu, gelu, sigmoid, mul, or \"*\" for all")
-        return tuple(v)
-    if key in ("block_skip", "after_elementwise"):
+def _parse_value(where: str, qual: str, tp: Any, meta: Any, v: Any) -> Any:
+    """One key's value, read by its field's type and checked against its metadata (``key(...)``)."""
+    if isinstance(tp, type) and issubclass(tp, Choice):
+        if v not in tp.values():
+            raise ProfileError(f"{where}: key '{qual}' = {v!r} is not a known {qual.rpartition('.')[2]}; "
+                               f"allowed: {', '.join(tp.values())}")
+        return tp(v)
+    if tp is bool:
         if not isinstance(v, bool):
             raise ProfileError(f"{where}: key '{qual}' must be true or false, got {v!r}")
         return v
-    if key in ("weight_compression", "vela_system_config", "vela_memory_mode"):
+    if tp is str:
         if not isinstance(v, str):
             raise ProfileError(f"{where}: key '{qual}' must be a string, got {v!r}")
+        return _check_allowed(where, qual, meta, v)
+    if tp in (int, float):
+        number = _check_number(where, qual, v, tp, positive=meta.get("min") is None)
+        return float(number) if tp is float else number
+    item = typing.get_args(tp)[0] if typing.get_args(tp) else None
+    if item is NMPattern:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ProfileError(f"{where}: key '{qual}' must be a list of 'N:M' strings, got {v!r}")
+        return tuple(NMPattern.parse(x, f"{where}: key '{qual}' entry", ProfileError) for x in v)
+    if item is int:  # a pair (bo, bi)
+        if not (isinstance(v, list) and len(v) == len(typing.get_args(tp))):
+            raise ProfileError(f"{where}: key '{qual}' must be a list of two positive integers [bo, bi], got {v!r}")
+        return tuple(_check_number(where, qual, x, int) for x in v)
+    if item is str:
+        if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+            raise ProfileError(f"{where}: key '{qual}' must be a list of op names, got {v!r}")
+        return tuple(_check_allowed(where, qual, meta, x, entry=True) for x in v)
+    raise TypeError(f"profile key '{qual}' has a type the schema cannot read: {tp!r}")  # a programming error
+
+
+def _check_allowed(where: str, qual: str, meta: Any, v: str, entry: bool = False) -> str:
+    allowed = meta.get("allowed")
+    allowed = allowed() if callable(allowed) else allowed
+    if allowed is None or v in allowed:
         return v
-    if key == "vela_accelerator":
-        if v not in VELA_ACCELERATORS:
-            raise ProfileError(f"{where}: key '{qual}' = {v!r} is not a Vela accelerator configuration; allowed: "
-                               f"{', '.join(VELA_ACCELERATORS)}")
-        return v
-    if key in ("clock_hz", "dram_bandwidth_bytes_per_s"):
-        return float(_check_number(where, qual, v, float))
-    if key in ("layer_cycles", "index_bytes", "nm_index_bits"):
-        return _check_number(where, qual, v, int, positive=False)
-    return _check_number(where, qual, v, int)
+    if entry:
+        raise ProfileError(f"{where}: key '{qual}' names {v!r}, {meta.get('hint') or 'not allowed'}")
+    raise ProfileError(f"{where}: key '{qual}' = {v!r} is {meta.get('hint') or 'not allowed'}; allowed: "
+                       f"{', '.join(allowed)}")
+
+
+def _elementwise_ops() -> set[str]:
+    from .ops import BINARY, UNARY
+
+    return UNARY | BINARY | {"div", "pow", "*"}
 
 
 def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwareProfile:
@@ -377,16 +398,24 @@ def profile_from_dict(data: dict[str, Any], where: str = "<dict>") -> HardwarePr
     for key in _TOP + tuple(_SECTIONS):
         if key not in data and key not in _OPTIONAL_SECTIONS:
             raise ProfileError(f"{where}: missing key '{key}'")
-    if data["schema_version"] == 1:
-        data = _migrate_v1(data, where)
-    if data["schema_version"] != SCHEMA_VERSION:
-        raise ProfileError(f"{where}: key 'schema_version' = {data['schema_version']!r}; this version of npu_compress "
-                           f"reads {SCHEMA_VERSION} (and migrates 1)")
+    data = migrate(data["schema_version"], data, where)
     for key in ("name", "description", "source"):
         if not isinstance(data[key], str) or not data[key].strip():
             raise ProfileError(f"{where}: key '{key}' must be a non-empty string, got {data[key]!r}")
     sections = {name: _parse_section(where, name, data[name]) for name in _SECTIONS if name in data}
-    return HardwareProfile(SCHEMA_VERSION, data["name"], data["description"], data["source"], **sections)
+    return HardwareProfile(schema_version=SCHEMA_VERSION, name=data["name"], description=data["description"],
+                           source=data["source"], **sections)
+
+
+def migrate(version: Any, data: dict[str, Any], where: str = "<dict>") -> dict[str, Any]:
+    """A profile document of schema ``version`` as a current one (:data:`SCHEMA_VERSION`), one step at a
+    time; a version this npu_compress does not know is a ProfileError."""
+    if version == SCHEMA_VERSION:
+        return data
+    if isinstance(version, bool) or version not in _MIGRATIONS:
+        raise ProfileError(f"{where}: key 'schema_version' = {version!r}; this version of npu_compress reads "
+                           f"{SCHEMA_VERSION} (and migrates {', '.join(map(str, sorted(_MIGRATIONS)))})")
+    return migrate(version + 1, _MIGRATIONS[version](data, where), where)
 
 
 def _migrate_v1(data: dict[str, Any], where: str) -> dict[str, Any]:
@@ -395,6 +424,9 @@ def _migrate_v1(data: dict[str, Any], where: str) -> dict[str, Any]:
     if "efficiency" in data:
         raise ProfileError(f"{where}: a schema_version 1 profile cannot have [efficiency] (added in version 2)")
     return {**data, "schema_version": 2}
+
+
+_MIGRATIONS = {1: _migrate_v1}  # version n -> n + 1
 
 
 # ---------------------------------------------------------------- loading

@@ -5,7 +5,7 @@ removed (channel) or packed (block / N:M), computed from the exported graph with
 without building the pruned model; it equals ``estimate()`` of ``remove_pruned(...)``.
 
 ``unit_costs(graph, profile, kind, keep)`` is c_u, the cost saved by removing unit u alone from
-``keep`` (DESIGN §3: linearised; re-linearise as masks move). Only the layers whose tensors the
+``keep`` (linearised; re-linearise as masks move: docs/ARCHITECTURE.md). Only the layers whose tensors the
 unit touches are re-costed, so one call costs about as much as one ``predict``.
 """
 from __future__ import annotations

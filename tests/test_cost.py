@@ -46,7 +46,7 @@ def test_conv_latency_matches_formula(name):
     assert r.latency_s == pytest.approx(expect, rel=1e-12)
     assert r.memory_bytes == r.weight_bytes == wbytes
     if name == "generic-4tops":
-        assert p.efficiency.of("conv") == type(eff)()  # the peak-rate model, as DESIGN §3 writes it
+        assert p.efficiency.of("conv") == type(eff)()  # the peak-rate model, as docs/ARCHITECTURE.md writes it
 
 
 @pytest.mark.parametrize("profile", sorted(list_profiles()))

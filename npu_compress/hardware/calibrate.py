@@ -1,4 +1,4 @@
-"""Measure the ``ort-cpu`` profile: fit the cost model to onnxruntime CPU micro-benchmarks (DESIGN §3).
+"""Measure the ``ort-cpu`` profile: fit the cost model to onnxruntime CPU micro-benchmarks (docs/PROFILES.md).
 
 Two stages. First the peak rates: single-layer ONNX graphs built directly with ``onnx.helper``
 (no torch export), timed with onnxruntime's CPUExecutionProvider (median of repeats after warm-up;

@@ -1,4 +1,4 @@
-"""The NPU cost model (DESIGN §3): latency and memory of a model on a hardware profile.
+"""The NPU cost model (docs/ARCHITECTURE.md, "The cost model"): latency and memory of a model on a hardware profile.
 
 Per layer, channels padded to the profile's tiles::
 

@@ -1,6 +1,6 @@
 """DPM: decay the units a base pruner removes, instead of cutting them at once, and let resisting units go.
 
-Our formulation of Yang et al., "Decay Pruning Method" (arXiv 2406.03879), DESIGN §5, as a wrapper
+Our formulation of Yang et al., "Decay Pruning Method" (arXiv 2406.03879), docs/METHODS.md, as a wrapper
 around any pruner that ranks units (``scores()``):
 
 - **Decision.** The base runs its own ``step()`` until ``decide_at`` (default ``mask_steps - steps``).

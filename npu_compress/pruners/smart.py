@@ -1,6 +1,6 @@
 """SMART: learnable per-unit mask logits, a cost-weighted differentiable top-k, a decaying temperature.
 
-Our formulation of Ding et al. (arXiv 2403.19969), DESIGN §4:
+Our formulation of Ding et al. (arXiv 2403.19969), as docs/METHODS.md describes it:
 
 - every unit u has its own logit m_u (an ``nn.Parameter``), initialised to the log of its weight
   norm divided by its group's mean norm;

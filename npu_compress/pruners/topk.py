@@ -1,4 +1,4 @@
-"""Cost-weighted differentiable top-k: the soft mask of the SMART pruner (DESIGN.md §4).
+"""Cost-weighted differentiable top-k: the soft mask of the SMART pruner (docs/METHODS.md).
 
 For logits m (n,), positive costs c (n,), a budget B and a temperature tau > 0::
 

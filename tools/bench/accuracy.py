@@ -59,7 +59,7 @@ from npu_compress.hardware.cost import estimate  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
 from npu_compress.io import write_atomic  # noqa: E402
 from npu_compress.pruners import PRUNERS, Pruner, get_pruner  # noqa: E402
-from npu_compress.pruners import plan  # noqa: E402
+from npu_compress.pruners import plan as plan_problem  # noqa: E402
 from npu_compress.pruning import CALIBRATION_SAMPLES, run_config  # noqa: E402
 from npu_compress.training import Epochs, TrainConfig, train  # noqa: E402
 
@@ -245,7 +245,7 @@ def run_job(setup: Setup, job: Job) -> dict[str, Any]:
         batches = len(data.loaders(setup.batch, seed=setup.seed)[0])
         config = run_config(cls.Config(), max(m_ep * batches, 1), data)
         run = train(model, data, TrainConfig(Epochs(0, m_ep, f_ep), **cfg),
-                    make_pruner=lambda m: cls(plan(m, (ex,), prof, budget, "channel"), config))
+                    make_pruner=lambda m: cls(plan_problem(m, (ex,), prof, budget, "channel"), config))
         res = run.prune_result
         out.update(predicted_s=res.predicted.latency_s, target_s=res.target, achieved_ratio=res.achieved_ratio,
                    units_kept=int(res.keep.sum()), units=len(res.keep))

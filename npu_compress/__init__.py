@@ -14,12 +14,13 @@ from . import graph, models
 from .export import Calibration, EthosUReport, ExportReport, IntGate, export_ethos_u, export_onnx, verify_onnx
 from .pruners import PRUNERS, MethodConfig, PruneResult, PruningProblem, SmartConfig, SmartPruner, plan
 from .pruning import PruneOutcome, prune
+from .task import Task
 from .training import Epochs, TrainConfig, train
 from .hardware import (Budget, BudgetKind, CostReport, HardwareProfile, LayerSpec, WeightFormat, estimate,
                        layer_cost, list_profiles, load_profile, trace_layers)
 
 __all__ = ["__version__", "graph", "models", "Calibration", "Epochs", "EthosUReport", "ExportReport", "IntGate",
-           "export_ethos_u", "export_onnx", "verify_onnx", "PRUNERS", "MethodConfig", "PruneOutcome", "PruneResult", "PruningProblem", "SmartConfig", "SmartPruner", "plan", "TrainConfig",
+           "export_ethos_u", "export_onnx", "verify_onnx", "PRUNERS", "MethodConfig", "PruneOutcome", "PruneResult", "PruningProblem", "SmartConfig", "SmartPruner", "plan", "Task", "TrainConfig",
            "prune", "train", "Budget", "BudgetError", "BudgetKind", "CostReport", "DataError", "Dataset",
            "HardwareProfile", "LoadedModel", "load_dataset", "load_model", "parse_input_shape",
            "LayerSpec", "ModelSpecError", "NpuCompressError", "ProfileError", "PrunerConfigError", "TraceError", "VerificationError",

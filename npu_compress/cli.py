@@ -130,7 +130,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     if not args.distributed or _rank_from_env() == 0:  # only rank 0 writes: it checks, before any work
         _check_outputs({"-o/--output": output, "--json": args.json,
                         "the progress file": output.with_name(output.name + ".progress") if output.name else None},
-                       _input_files(args.model, args.data, args.profile))
+                       _input_files(args.model, args.data, args.profile, args.task))
     if args.distributed:
         init_from_env()  # rank / world size / master address from torchrun's environment
     config = TrainConfig(Epochs.parse(args.epochs), optimizer=args.optimizer, lr=args.lr,
@@ -140,7 +140,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
     try:
         outcome = prune(args.model, args.data, args.profile, args.budget, structure=args.structure,
                         method=args.method, config=config, method_config=method_config, input_shape=_shape(args.input_shape),
-                        nm=_nm(args.nm), output=output if rank0 else None, judge=args.judge)
+                        nm=_nm(args.nm), output=output if rank0 else None, judge=args.judge, task=args.task)
     finally:
         if args.distributed:
             dist.destroy_process_group()
@@ -226,7 +226,7 @@ def _prune_table(r: dict, output: Path) -> str:
             f"{'memory (bytes)':<22}{d['memory_bytes']:>14,}{p['memory_bytes']:>14,}",
             f"{'MACs':<22}{d['macs']:>14,}{p['macs']:>14,}",
             f"{'params':<22}{d['params']:>14,}{p['params']:>14,}",
-            f"{'accuracy':<22}{acc(r['dense_accuracy']):>14}{acc(r['accuracy']):>14}",
+            f"{r.get('metric', 'accuracy'):<22}{acc(r['dense_accuracy']):>14}{acc(r['accuracy']):>14}",
             f"achieved / budget: {r['achieved_ratio']:.4f}; units kept {r['units_kept']}/{r['units']}"]
     if "judge" in r:
         j = r["judge"]
@@ -395,7 +395,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = sub.add_parser("prune", help="train, prune to a budget on a profile, fine-tune; write a checkpoint")
     sp.add_argument("--model", required=True, help="zoo name, package.module:factory, file.py:factory, or .pt2")
-    sp.add_argument("--data", required=True, help="'digits' (bundled) or a .npz with x_train,y_train,x_test,y_test")
+    sp.add_argument("--data", required=True, help="'digits' (bundled), a .npz with x_train,y_train,x_test,y_test, "
+                    "or file.py:factory / package.module:factory returning a Dataset or those four tensors "
+                    "(per-pixel labels for segmentation)")
+    sp.add_argument("--task", help="file.py:factory / package.module:factory returning an npu_compress.Task: the "
+                    "loss trained on and the metric reported (default: cross-entropy, top-1 accuracy)")
     sp.add_argument("--profile", default=DEFAULT_PROFILE, help=f"profile name or .toml (default {DEFAULT_PROFILE})")
     sp.add_argument("--budget", required=True, help="latency=2.5ms | latency=50%% | memory=1.5MiB | memory=40%%")
     sp.add_argument("--structure", default=Structure.CHANNEL, **_choice(Structure))

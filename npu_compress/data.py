@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from .errors import DataError
 
 NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-DATASET_CHOICES = ("digits", "path/to/file.npz")
+DATASET_CHOICES = ("digits", "path/to/file.npz", "path/to/file.py:factory", "package.module:factory")
 
 
 @dataclass(frozen=True)
@@ -125,8 +125,36 @@ def load_dataset(name_or_path: str | Path, seed: int = 0) -> Dataset:
         return load_digits_dataset(seed)
     if str(name_or_path).endswith(".npz"):
         return load_npz(name_or_path)
+    if ":" in str(name_or_path):
+        return load_factory_dataset(str(name_or_path))
     raise DataError(f"unknown dataset {str(name_or_path)!r}; valid choices: "
                     f"{', '.join(DATASET_CHOICES)}")
+
+
+def load_factory_dataset(spec: str) -> Dataset:
+    """Data from your code: ``file.py:factory`` / ``pkg.mod:factory`` returning a :class:`Dataset` or
+    ``(x_train, y_train, x_test, y_test)`` tensors (x ``(N, C, H, W)`` float; y class labels ``(N,)``
+    or per-pixel labels ``(N, H, W)``, int). Importing the file runs its code (logged)."""
+    from .modelspec import import_factory
+
+    factory = import_factory(spec, "data")
+    try:
+        made = factory() if callable(factory) else factory
+    except Exception as exc:
+        raise DataError(f"data {spec!r}: the factory failed: {type(exc).__name__}: {exc}") from exc
+    if isinstance(made, Dataset):
+        return made
+    if not (isinstance(made, (tuple, list)) and len(made) == 4):
+        raise DataError(f"data {spec!r}: the factory must return a Dataset or (x_train, y_train, x_test, y_test), "
+                        f"got {type(made).__name__}")
+    x_train, y_train, x_test, y_test = (torch.as_tensor(t) for t in made)
+    for key, x, y in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if x.ndim != 4 or len(x) != len(y) or y.dtype.is_floating_point:
+            raise DataError(f"data {spec!r}: {key} split needs x (N, C, H, W) and integer labels y with N rows, "
+                            f"got x {tuple(x.shape)}, y {tuple(y.shape)} {y.dtype}")
+    return Dataset(x_train.float(), y_train.long(), x_test.float(), y_test.long(),
+                   num_classes=int(max(y_train.max(), y_test.max())) + 1, input_shape=tuple(x_train.shape[1:]),
+                   name=spec)
 
 
 def _read_npz(path: Path, limits: dict[str, int | None]) -> dict[str, np.ndarray]:

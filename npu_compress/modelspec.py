@@ -99,6 +99,17 @@ def _check_shape(shape: object, spec: str, what: str) -> tuple[int, ...]:
     return dims
 
 
+def import_factory(spec: str, what: str) -> object:
+    """The callable a ``path/file.py:factory`` or ``package.module:factory`` spec names (imported, logged
+    like a model spec: it runs the file's code); errors name ``what`` (``"data"``, ``"task"``)."""
+    target, _, attr = spec.rpartition(":")
+    if not target or not attr:
+        raise ModelSpecError(f"bad {what} spec {spec!r}: expected path/to/file.py:factory or package.module:factory")
+    is_file = target.endswith(".py") or "/" in target or "\\" in target
+    module = _import_file(target, spec, what) if is_file else _import_module(target, spec, what)
+    return _get_attr(module, attr, spec, what)
+
+
 def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> LoadedModel:
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
@@ -116,48 +127,48 @@ def _load_factory(spec: str, input_shape: tuple[int, ...] | None) -> LoadedModel
                        num_classes if isinstance(num_classes, int) else None)
 
 
-def _import_module(name: str, spec: str) -> types.ModuleType:
+def _import_module(name: str, spec: str, what: str = "model") -> types.ModuleType:
     if name not in sys.modules:
-        log.info("importing module '%s' (runs its code) for model '%s'", name, spec)
+        log.info("importing module '%s' (runs its code) for %s '%s'", name, what, spec)
     try:
         return importlib.import_module(name)
     except ModuleNotFoundError as exc:
-        raise ModelSpecError(f"model {spec!r}: cannot import module {name!r} ({exc}); "
+        raise ModelSpecError(f"{what} {spec!r}: cannot import module {name!r} ({exc}); "
                              f"valid forms: {_forms()}") from None
     except Exception as exc:  # the user's module failed while importing
-        raise ModelSpecError(f"model {spec!r}: importing {name!r} failed: "
+        raise ModelSpecError(f"{what} {spec!r}: importing {name!r} failed: "
                              f"{type(exc).__name__}: {exc}") from exc
 
 
-def _import_file(target: str, spec: str) -> types.ModuleType:
+def _import_file(target: str, spec: str, what: str = "model") -> types.ModuleType:
     path = Path(target)
     if not path.is_file():
-        raise ModelSpecError(f"model {spec!r}: file {target!r} does not exist; "
+        raise ModelSpecError(f"{what} {spec!r}: file {target!r} does not exist; "
                              f"expected path/to/file.py:factory")
     digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
     name = f"npu_compress_user_model_{path.stem}_{digest}"
     module_spec = importlib.util.spec_from_file_location(name, path)
     if module_spec is None or module_spec.loader is None:
-        raise ModelSpecError(f"model {spec!r}: {target!r} is not an importable Python file")
+        raise ModelSpecError(f"{what} {spec!r}: {target!r} is not an importable Python file")
     module = importlib.util.module_from_spec(module_spec)
-    log.info("importing '%s' (runs its code) for model '%s'", path.resolve(), spec)
+    log.info("importing '%s' (runs its code) for %s '%s'", path.resolve(), what, spec)
     sys.modules[name] = module  # so dataclasses and pickling inside the file resolve
     try:
         module_spec.loader.exec_module(module)
     except Exception as exc:
         del sys.modules[name]
-        raise ModelSpecError(f"model {spec!r}: running {target!r} failed: "
+        raise ModelSpecError(f"{what} {spec!r}: running {target!r} failed: "
                              f"{type(exc).__name__}: {exc}") from exc
     return module
 
 
-def _get_attr(module: types.ModuleType, attr: str, spec: str) -> object:
+def _get_attr(module: types.ModuleType, attr: str, spec: str, what: str = "model") -> object:
     obj: object = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             public = sorted(n for n in dir(module) if not n.startswith("_")
                             and callable(getattr(module, n)))
-            raise ModelSpecError(f"model {spec!r}: {module.__name__!r} has no attribute "
+            raise ModelSpecError(f"{what} {spec!r}: {module.__name__!r} has no attribute "
                                  f"{attr!r}; callables there: {', '.join(public) or 'none'}")
         obj = getattr(obj, part)
     return obj

@@ -26,6 +26,7 @@ from .modelspec import LoadedModel, load_model
 from .progress import seed_everything, text_digest
 from .pruners import PruneResult, get_pruner
 from .pruners.problem import MethodConfig, knobs, make_config, plan
+from .task import Task, load_task
 from .training import TrainConfig, TrainResult, clean_state_dict, train
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
           method_config: MethodConfig | dict | None = None,
           input_shape: tuple[int, ...] | None = None, nm: tuple[int, int] = (2, 4),
           group_size: int | None = None, output: str | Path | None = None,
-          judge: str | None = None) -> PruneOutcome:
+          judge: str | None = None, task: str | Task | None = None) -> PruneOutcome:
     """Train (warm-up), learn masks under ``budget``, fine-tune, and write the checkpoint to ``output``.
 
     ``model``: a model spec (zoo name, ``pkg.mod:factory``, ``file.py:factory``, ``.pt2``) or an
@@ -101,6 +102,10 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
     ``method_config``: the method's config (``PRUNERS[method].Config``) or a dict of its fields;
     its ``mask_steps`` (unset) becomes the mask phase's length. The model is traced and priced once
     (:func:`~npu_compress.pruners.plan`), before any training: an infeasible budget fails first.
+
+    ``data``: a Dataset, ``"digits"``, an ``.npz``, or ``file.py:factory`` / ``pkg.mod:factory`` returning
+    a Dataset or ``(x_train, y_train, x_test, y_test)``. ``task``: the loss and metric (a :class:`Task`
+    or a ``file.py:factory`` spec returning one); default classification (cross-entropy, accuracy).
 
     ``judge="vela"`` (Ethos-U profiles, the ``ethos-u`` extra): the latency budget is met in Vela's own
     terms: before training, :func:`~npu_compress.export.vela_budget.judge_budget` finds the budget of
@@ -111,6 +116,7 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
     so the same seed gives a bit-identical checkpoint on CPU.
     """
     _check_epochs(config.epochs)
+    task_spec, task = (task if isinstance(task, str) else None), load_task(task)
     structure, nm = Structure.parse(structure), NMPattern.parse(nm, "nm", PruningGraphError)
     seed_everything(config.seed)  # before the model is built: its initial weights come from the seed
     loaded = _loaded(model, input_shape)
@@ -135,14 +141,16 @@ def prune(model: str | torch.nn.Module, data: str | Dataset, profile: str | Hard
     def make(m: torch.nn.Module):
         return cls(problem.with_model(m), method_config)
 
-    run = train(loaded.module, dataset, config, make_pruner=make,
-                settings=_settings(loaded, prof, asked, structure, method, nm, group_size, judge, knobs_given))
+    settings = _settings(loaded, prof, asked, structure, method, nm, group_size, judge, knobs_given)
+    if task_spec is not None:
+        settings["task"] = task_spec
+    run = train(loaded.module, dataset, config, make_pruner=make, settings=settings, task=task)
     result = run.prune_result
     ckpt = PruneCheckpoint(model_spec=loaded.spec, input_shape=tuple(loaded.input_shape), profile_toml=prof.to_toml(),
                            budget=str(asked), structure=structure.value, method=method, keep=result.keep.clone(),
                            state_dict=clean_state_dict(loaded.module), nm=tuple(nm), group_size=group_size,
                            units=unit_identities(result.graph, result.keep),
-                           report=summary(result, run, dataset, method, asked, judged))
+                           report=summary(result, run, dataset, method, asked, judged, task.metric_name))
     if output is not None:
         ckpt.save(output)
     return PruneOutcome(loaded.module, result, run, ckpt)
@@ -202,7 +210,7 @@ def run_config(config: MethodConfig, mask_steps: int, dataset: Dataset) -> Metho
 
 
 def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str, budget: Budget | None = None,
-            judged: Any = None) -> dict[str, Any]:
+            judged: Any = None, metric: str = "accuracy") -> dict[str, Any]:
     """The numbers a pipeline wants: costs before/after, budget exactness, accuracy (and, with a judge,
     the budget our cost model was given so that the judge's budget is met)."""
     extra = {"judge": judged.to_dict()} if judged is not None else {}
@@ -211,7 +219,8 @@ def summary(result: PruneResult, run: TrainResult, data: Dataset, method: str, b
             "target": result.target, "achieved_ratio": result.achieved_ratio,
             "units_kept": int(result.keep.sum()), "units": len(result.keep),
             "dense": _cost(result.dense), "pruned": _cost(result.predicted),
-            "dense_accuracy": run.dense_accuracy, "accuracy": run.accuracy, "epochs": len(run.history)}
+            "dense_accuracy": run.dense_accuracy, "accuracy": run.accuracy, "metric": metric,
+            "epochs": len(run.history)}
 
 
 def _cost(report) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from .task import CLASSIFICATION, Task
 from .choices import Choice
 from .checkpoint import CheckpointError
 from .data import Dataset
@@ -101,17 +101,19 @@ class TrainResult:
     prune_result: Any = None
 
 
-def evaluate(model: nn.Module, loader) -> float:
-    """Top-1 accuracy of ``model`` on ``loader`` (eval mode, restored after)."""
+def evaluate(model: nn.Module, loader, task: Task = CLASSIFICATION) -> float:
+    """``task``'s metric (default top-1 accuracy) of ``model`` over ``loader`` (eval mode, restored after)."""
     was = model.training
     model.eval()
-    correct = total = 0
+    outs, targets = [], []
     with torch.no_grad():
         for x, y in loader:
-            correct += int((model(x).argmax(1) == y).sum())
-            total += len(y)
+            outs.append(model(x))
+            targets.append(y)
     model.train(was)
-    return correct / max(total, 1)
+    if not outs:
+        return 0.0
+    return task.score(torch.cat(outs), torch.cat(targets))
 
 
 def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -160,32 +162,35 @@ class _Phase:
             self.mask_opt.load_state_dict(state["mask_opt"])
 
 
-def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str) -> dict[str, float]:
+def _epoch(model: nn.Module, loader, phase: _Phase, progress: bool, label: str,
+           task: Task = CLASSIFICATION) -> dict[str, float]:
     """One pass over ``loader``; ``model`` may be a DistributedDataParallel wrapper."""
     from tqdm import tqdm
 
     model.train()
-    seen = correct = 0
+    seen = correct = elems = 0
     loss_sum = 0.0
     bar = tqdm(loader, desc=label, leave=False, disable=not progress)
     for i, (x, y) in enumerate(bar):
         out = model(x)
-        loss = F.cross_entropy(out, y)
+        loss = task.loss(out, y)
         value = loss.item()
         if any_rank(not math.isfinite(value)):  # every rank stops at the same step (no hang in DDP)
             raise _diverged(loss, x, phase, f"{label}, step {i + 1}/{len(loader)}")
         phase.step(loss)
         seen += len(y)
         loss_sum += value * len(y)
-        correct += int((out.argmax(1) == y).sum())
-        post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / seen:.3f}"}
+        if out.ndim >= 2 and out.shape[:1] + out.shape[2:] == y.shape:  # class scores vs labels (or pixel labels)
+            correct += int((out.argmax(1) == y).sum())
+            elems += y.numel()
+        post = {"loss": f"{loss_sum / seen:.3f}", "acc": f"{correct / max(elems, 1):.3f}"}
         if phase.name is Phase.MASK and progress and i % 10 == 0:  # state() runs the cost model: not every batch
             state = phase.pruner.state()
             post.update({k: f"{state[k]:.3g}" for k in ("tau", "fractional", "predicted") if k in state})
             bar.set_postfix(post)
         elif i % 10 == 0:
             bar.set_postfix(post)
-    return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(seen, 1)}
+    return {"loss": loss_sum / max(seen, 1), "train_acc": correct / max(elems, 1)}
 
 
 def _diverged(loss: torch.Tensor, x: torch.Tensor, phase: _Phase, where: str) -> TrainingError:
@@ -201,8 +206,9 @@ def _diverged(loss: torch.Tensor, x: torch.Tensor, phase: _Phase, where: str) ->
 
 
 def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callable[[nn.Module], Any] | None = None,
-          *, settings: Mapping[str, str] | None = None) -> TrainResult:
-    """Run the three phases on ``data``; returns history, accuracies and the pruner's result.
+          *, settings: Mapping[str, str] | None = None, task: Task = CLASSIFICATION) -> TrainResult:
+    """Run the three phases on ``data``; returns history, accuracies (``task``'s metric: top-1 accuracy
+    by default) and the pruner's result. ``task``: the loss trained on and the metric reported.
 
     ``settings`` name what the run is beyond ``cfg`` and ``data`` (model spec, method, budget, ...):
     the progress file records them with ``cfg``'s and ``data``'s, and resuming with others is refused.
@@ -231,9 +237,9 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callab
                 phase.load_state_dict(saved_phase)  # resumed inside this phase
             saved_phase = None
         _shuffle_for(train_loader, cfg.seed, epoch)
-        stats = _epoch(net, train_loader, phase, cfg.progress and rank0, f"{name} {epoch + 1}/{len(plan)}")
+        stats = _epoch(net, train_loader, phase, cfg.progress and rank0, f"{name} {epoch + 1}/{len(plan)}", task)
         sync_buffers(model)  # before evaluating, saving, building or finalizing the pruner
-        stats.update(epoch=epoch, phase=name.value, test_acc=evaluate(model, test_loader))
+        stats.update(epoch=epoch, phase=name.value, test_acc=evaluate(model, test_loader, task))
         if pruner is not None:
             stats.update({k: v for k, v in pruner.state().items() if isinstance(v, (int, float))})
         result.history.append(stats)
@@ -247,7 +253,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callab
         result.prune_result = pruner.finalize()  # no fine-tune epochs: still end with the hard mask
     result.pruner = pruner
     result.prune_result = pruner.result if pruner is not None else None
-    result.accuracy = evaluate(model, test_loader)
+    result.accuracy = evaluate(model, test_loader, task)
     return result
 
 

@@ -35,16 +35,15 @@ compile is recorded as skipped with its reason. Results of each (judge, model) a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import hashlib
 import json
-import signal
+import multiprocessing
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -70,23 +69,47 @@ GOALS = {"vela": "every model 0.85–1.15 of Vela, MAPE ≤ 10%, Spearman ≥ 0.
 
 # ---------------------------------------------------------------- judges
 
-class CompileTimeout(Exception):
-    """A Vela compile ran past the cap."""
+class CompileFailure(Exception):
+    """A Vela compile that failed, crashed (Vela's C++ core can segfault) or ran past the cap."""
 
 
-@contextlib.contextmanager
-def _cap(seconds: float) -> Iterator[None]:
-    """Raise CompileTimeout in this (main) thread after ``seconds`` of wall time."""
-    def fire(signum: int, frame: Any) -> None:
-        raise CompileTimeout(f"Vela compile ran past the {seconds:g} s cap")
+def _vela_figures(model: nn.Module, x: torch.Tensor, profile: HardwareProfile) -> dict[str, Any]:
+    from npu_compress.export.ethos_u import vela_estimate
 
-    old = signal.signal(signal.SIGALRM, fire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    report = vela_estimate(model, x, profile.toolchain)
+    return {"measured_s": report.latency_s(profile.compute.clock_hz), "vela_cycles": report.total_cycles,
+            "cpu_operators": report.cpu_operators}
+
+
+def _isolated(fn: Callable[..., Any], args: tuple, cap_s: float) -> Any:
+    """``fn(*args)`` in a forked child: a crash or a run past ``cap_s`` seconds costs that call, not the run."""
+    ctx = multiprocessing.get_context("fork")
+    recv, send = ctx.Pipe(duplex=False)
+
+    def child() -> None:
+        try:
+            send.send(("ok", fn(*args)))
+        except BaseException as e:  # noqa: BLE001 - reported to the parent as text (exceptions may not pickle)
+            send.send(("error", _reason(e)))
+
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    send.close()  # the child's end only: a child that dies unannounced then reads as EOF
     try:
-        yield
+        if not recv.poll(cap_s):
+            raise CompileFailure(f"Vela compile ran past the {cap_s:g} s cap")
+        kind, value = recv.recv()
+    except EOFError:
+        proc.join(5)
+        raise CompileFailure(f"the compile process died (exit code {proc.exitcode}: a crash inside Vela/ExecuTorch)")
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        recv.close()
+    if kind == "error":
+        raise CompileFailure(value)
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,13 +127,9 @@ class VelaJudge:
         return self.name
 
     def prepare(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
-        from npu_compress.export.ethos_u import vela_estimate
-
         t0 = time.perf_counter()
-        with _cap(self.cap_s):
-            report = vela_estimate(model, x, self.profile.toolchain)
-        return {"measured_s": report.latency_s(self.profile.compute.clock_hz), "vela_cycles": report.total_cycles,
-                "cpu_operators": report.cpu_operators, "judge_s": time.perf_counter() - t0}
+        figures = _isolated(_vela_figures, (model, x, self.profile), self.cap_s)
+        return {**figures, "judge_s": time.perf_counter() - t0}
 
     def measure(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return prepared
@@ -184,11 +203,16 @@ def _brief(e: BaseException, keep: int = 160) -> str:
     return f"{type(e).__name__}: " + (text if len(text) <= 2 * keep else f"{text[:keep]} … {text[-keep:]}")
 
 
-def _skip(name: str, what: str, e: BaseException) -> dict[str, str]:
+def _reason(e: BaseException) -> str:
+    """One line: the error, and its root cause where it wraps one."""
     root = e
     while root.__cause__ is not None or (root.__context__ is not None and not root.__suppress_context__):
         root = root.__cause__ or root.__context__
-    reason = _brief(e) + ("" if root is e else f" (from {_brief(root)})")
+    return _brief(e) + ("" if root is e else f" (from {_brief(root)})")
+
+
+def _skip(name: str, what: str, e: BaseException) -> dict[str, str]:
+    reason = _reason(e)
     print(f"  skipped {name} {what}: {reason}", flush=True)
     return {"model": name, "what": what, "reason": reason}
 

@@ -101,7 +101,8 @@ def _isolated(fn: Callable[..., Any], args: tuple, cap_s: float) -> Any:
         kind, value = recv.recv()
     except EOFError:
         proc.join(5)
-        raise CompileFailure(f"the compile process died (exit code {proc.exitcode}: a crash inside Vela/ExecuTorch)")
+        raise CompileFailure(f"the compile process died (exit code {proc.exitcode}: a crash inside Vela/ExecuTorch)") \
+            from None
     finally:
         if proc.is_alive():
             proc.kill()

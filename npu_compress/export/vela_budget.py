@@ -46,25 +46,35 @@ class JudgeStep:
 
 @dataclass(frozen=True)
 class JudgedBudget:
-    """The user's budget, the budget our cost model must meet so that Vela meets the user's, and the search."""
+    """The user's budget, the candidate chosen (whose budget our cost model must meet so that Vela meets
+    the user's), and the search."""
 
     budget: Budget
-    internal: Budget  # relative latency budget of our cost model
+    chosen: JudgeStep
     vela_dense_s: float
     vela_target_s: float
     steps: tuple[JudgeStep, ...] = field(default=())
-    ok: bool = True  # a candidate landed in [low, high]
+    band: tuple[float, float] = (LOW, HIGH)
+
+    @property
+    def internal(self) -> Budget:
+        """The relative latency budget of our cost model."""
+        return Budget(BudgetKind.LATENCY, self.chosen.internal, relative=True)
 
     @property
     def ratio(self) -> float:
         """Vela latency of the chosen candidate / the budget in Vela's terms."""
-        chosen = min(self.steps, key=lambda s: abs(s.internal - self.internal.value))
-        return chosen.ratio
+        return self.chosen.ratio
+
+    @property
+    def ok(self) -> bool:
+        """The chosen candidate landed inside the band."""
+        return self.band[0] <= self.chosen.ratio <= self.band[1]
 
     def describe(self) -> str:
         head = (f"budget {self.budget} judged by Vela: dense {self.vela_dense_s * 1e3:.4g} ms, target "
                 f"{self.vela_target_s * 1e3:.4g} ms; our cost model must meet {self.internal} "
-                f"(Vela / budget {self.ratio:.3f}{'' if self.ok else ', outside ' + f'[{LOW}, {HIGH}]'})")
+                f"(Vela / budget {self.ratio:.3f}{'' if self.ok else ', outside ' + f'[{self.band[0]}, {self.band[1]}]'})")
         steps = "; ".join(f"{s.internal * 100:.2f}% -> {s.ratio:.3f}" for s in self.steps)
         return f"{head}; search: {steps}"
 
@@ -115,9 +125,8 @@ def judge_budget(model: nn.Module, example: torch.Tensor, profile: HardwareProfi
     vela_dense = vela_estimate(model, example, profile.toolchain).latency_s(clock)
     target = budget.value * vela_dense if budget.relative else budget.value
     if target >= vela_dense:  # nothing to remove in Vela's terms
-        internal = Budget(BudgetKind.LATENCY, 1.0, relative=True)
-        return JudgedBudget(budget, internal, vela_dense, target, (JudgeStep(1.0, math.nan, vela_dense,
-                                                                             vela_dense / target),), True)
+        dense = JudgeStep(1.0, math.nan, vela_dense, vela_dense / target)
+        return JudgedBudget(budget, dense, vela_dense, target, (dense,), (low, high))
     steps: list[JudgeStep] = []
     fraction = target / vela_dense  # first guess: our model and Vela agree on the ratio
     for _ in range(max_compiles):
@@ -164,14 +173,8 @@ def _choose(budget: Budget, steps: list[JudgeStep], dense: float, target: float,
                           "candidate (the budget is below what pruning can remove)")
     inside = [s for s in steps if low <= s.ratio <= high]
     feasible = [s for s in steps if s.ratio <= high]
-    if inside:
-        best, ok = max(inside, key=lambda s: s.ratio), True
-    elif feasible:
-        best, ok = max(feasible, key=lambda s: s.ratio), False
-    else:
-        best, ok = min(steps, key=lambda s: s.ratio), False
-    internal = Budget(BudgetKind.LATENCY, best.internal, relative=True)
-    return JudgedBudget(budget, internal, dense, target, tuple(steps), ok)
+    best = max(inside or feasible, key=lambda s: s.ratio) if inside or feasible else min(steps, key=lambda s: s.ratio)
+    return JudgedBudget(budget, best, dense, target, tuple(steps), (low, high))
 
 
 __all__ = ["JudgeStep", "JudgedBudget", "judge_budget"]

@@ -508,11 +508,18 @@ def _one_line(text: object) -> str:
                    for i, line in enumerate(lines))
 
 
+def _say(line: str) -> None:
+    """One line on stderr in one write: print() writes the text and its newline separately (stderr is
+    write-through), so ranks under torchrun sharing one pipe would splice their lines together."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except UsageError as e:
-        print(e, file=sys.stderr)
+        _say(str(e))
         return EXIT_BAD_INPUT
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     if not args.verbose:  # third-party import-time chatter (torchao, onnxruntime.quantization) only with -v
@@ -526,19 +533,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     except NpuCompressError as e:
         if args.debug:
             traceback.print_exc()
-        print(f"npu-compress: error: {_one_line(e)}", file=sys.stderr)
+        _say(f"npu-compress: error: {_one_line(e)}")
         return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("npu-compress: interrupted", file=sys.stderr)
+        _say("npu-compress: interrupted")
         return 128 + signal.SIGINT
     except Terminated as e:
-        print(f"npu-compress: terminated by {signal.Signals(e.signum).name}", file=sys.stderr)
+        _say(f"npu-compress: terminated by {signal.Signals(e.signum).name}")
         return 128 + e.signum
     except Exception as e:  # noqa: BLE001 - the top-level guard: one line, not a traceback
         if args.debug:
             traceback.print_exc()
         hint = "" if args.debug else " (re-run with --debug for the traceback)"
-        print(f"npu-compress: error: {type(e).__name__}: {_one_line(e)}{hint}", file=sys.stderr)
+        _say(f"npu-compress: error: {type(e).__name__}: {_one_line(e)}{hint}")
         return EXIT_INTERNAL
 
 

@@ -181,3 +181,26 @@ def test_dense_model_exports_and_verifies(tmp_path):
     assert report.structure == "dense" and report.verification.samples == 6
     assert math.isclose(report.pruned.latency_s, estimate(model, x, "generic-4tops").latency_s)
     assert np.isfinite(report.verification.max_rel_error)
+
+
+@pytest.mark.parametrize("name", ["resnet20", "unet-small", "vit-tiny"])
+def test_dense_weight_bytes_without_a_second_export(name, tmp_path, monkeypatch):
+    """The report's unpruned weight bytes come from the pruned file's initializers sized by their
+    modules, not from exporting the dense model again; they equal what that export would hold (trained
+    norms, so no two initializers coincide and onnxsim merges none; vit-tiny's LayerNorms are all ones)."""
+    from npu_compress.export import onnx_export
+
+    model, x, result = _pruned(name, "channel", 0.4)
+    gen = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.copy_(torch.rand(m.running_mean.shape, generator=gen) - 0.5)
+            m.bias.data.copy_(torch.rand(m.bias.shape, generator=gen) - 0.5)
+    exports = []
+    real = onnx_export._to_onnx
+    monkeypatch.setattr(onnx_export, "_to_onnx", lambda *a: exports.append(a) or real(*a))
+    report = export_fp32(model, tmp_path / "m.onnx", example_inputs=(x,), result=result)
+    assert len(exports) == 1
+    dense_file = sum(numpy_helper.to_array(i).nbytes for i in real(model, x, report.opset).graph.initializer)
+    assert report.onnx_weight_bytes < 0.8 * report.onnx_dense_weight_bytes
+    assert report.onnx_dense_weight_bytes == pytest.approx(dense_file, rel=1e-4 if name == "vit-tiny" else 0)

@@ -39,7 +39,7 @@ from .agreement import AgreementResult, IntGate, check_agreement
 from .job import FLOAT_CHECK_SAMPLES, RANDOM_CHECK_SAMPLES, Job, as_dataset, job_from, random_inputs
 from .pack import pack_weights
 from .quantize import Calibration, Precision, quantize_qdq
-from .report import ExportReport, onnx_weight_bytes
+from .report import ExportReport, dense_weight_bytes, onnx_weight_bytes
 from .verify import DEFAULT_TOLERANCE, OrtRunner, compare
 
 log = logging.getLogger(__name__)
@@ -155,8 +155,8 @@ def _export(job: Job, path: Path, o: _Options, reference: nn.Module) -> ExportRe
     channel = job.channel
     exported_model = remove_pruned(job.masked, job.graph, job.keep) if channel else copy.deepcopy(job.masked)
     proto = _to_onnx(exported_model, job.example, o.opset)
-    # the dense model's ONNX weights, to show what pruning saved in the file
-    dense_bytes = onnx_weight_bytes(_to_onnx(job.masked, job.example, o.opset) if channel else proto)
+    # what the file's weights would be unpruned, to show what pruning saved (no second export)
+    dense_bytes = dense_weight_bytes(proto, exported_model, job.masked) if channel else onnx_weight_bytes(proto)
     verification = agreement = None
     calibrated_on = None
     with atomic_path(path) as tmp:

@@ -7,7 +7,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import onnx
+import torch
 from onnx import numpy_helper
+
+from torch import nn
 
 from ..hardware.cost import CostReport
 from .quantize import Precision
@@ -16,6 +19,59 @@ from .quantize import Precision
 def onnx_weight_bytes(model: onnx.ModelProto) -> int:
     """Bytes of all initializers (weights, packed values and indices, shape constants)."""
     return sum(numpy_helper.to_array(i).nbytes for i in model.graph.initializer)
+
+
+def _module_of(node: onnx.NodeProto, modules: dict[str, nn.Module]) -> str | None:
+    """The module path a TorchScript-exported node came from: its name is the scope path, e.g.
+    ``/features/features.1/conv/conv.0/Conv`` (each part a child's name, prefixed by its parent's
+    attribute name inside containers)."""
+    path = ""
+    for part in node.name.strip("/").split("/")[:-1]:
+        segments = part.split(".")
+        tails = (".".join(segments[k:]) for k in range(len(segments)))
+        path = next((c for c in (f"{path}.{t}" if path else t for t in tails) if c in modules), "")
+        if not path:
+            return None
+    return path or None
+
+
+def _dense_sizes(init: onnx.TensorProto, pruned: nn.Module, dense: nn.Module) -> list[int]:
+    """Element counts the initializer would have in the unpruned model: matched by shape against the
+    pruned module's parameters and buffers (a bias folded from a norm matches the weight's first dim)."""
+    shape = tuple(init.dims)
+    d_tensors = dict(dense.named_parameters(recurse=False)) | dict(dense.named_buffers(recurse=False))
+    for name, t in list(pruned.named_parameters(recurse=False)) + list(pruned.named_buffers(recurse=False)):
+        if name in d_tensors and shape in (tuple(t.shape), tuple(t.shape)[::-1]):  # MatMul holds weight.T
+            return [d_tensors[name].numel()]
+    w, dw = getattr(pruned, "weight", None), getattr(dense, "weight", None)
+    if isinstance(w, torch.Tensor) and isinstance(dw, torch.Tensor) and w.dim() >= 2 and shape == (w.shape[0],):
+        return [dw.shape[0]]
+    return []
+
+
+def dense_weight_bytes(proto: onnx.ModelProto, pruned: nn.Module, dense: nn.Module) -> int:
+    """Initializer bytes the file would hold had nothing been removed, without exporting the dense model:
+    each initializer of the channel-pruned export is sized as its consumer module's unpruned tensor
+    (one read of the node scopes; initializers no module claims count as they are)."""
+    p_modules, d_modules = dict(pruned.named_modules()), dict(dense.named_modules())
+    inits = {i.name: i for i in proto.graph.initializer}
+    d_named = dict(dense.named_parameters()) | dict(dense.named_buffers())
+    dense_numel = {name: d_named[name].numel() for name in inits if name in d_named}  # kept their names
+    for node in proto.graph.node:
+        named = [x.rsplit(".", 1)[0] for x in node.input if x in d_named and "." in x]
+        path = _module_of(node, p_modules) or (named[0] if named else None)  # a fused node: its named input's
+        if path is None or path not in d_modules or path not in p_modules:
+            continue
+        for name in node.input:
+            if name in inits and name not in d_named:
+                sizes = _dense_sizes(inits[name], p_modules[path], d_modules[path])
+                if sizes:
+                    dense_numel[name] = max(dense_numel.get(name, 0), *sizes)
+    total = 0
+    for name, init in inits.items():
+        arr = numpy_helper.to_array(init)
+        total += dense_numel.get(name, arr.size) * arr.itemsize if arr.size else arr.nbytes
+    return total
 
 
 def _cost(r: CostReport | None) -> dict[str, Any] | None:

@@ -26,11 +26,13 @@ ACTS = {"relu": F.relu, "gelu": F.gelu, "silu": F.silu, "hardtanh": F.hardtanh, 
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention over pixels: fused qkv, (B, N, 3, H, hd), SDPA, proj."""
+    """Multi-head self-attention over pixels: fused qkv, (B, N, 3, H, hd), SDPA, proj; the output
+    reshaped to a width stored at construction (timm's ``attn_dim``), which surgery must update."""
 
     def __init__(self, dim: int, heads: int, head_dim: int, out: int):
         super().__init__()
         self.num_heads, self.head_dim = heads, head_dim
+        self.attn_dim = heads * head_dim
         self.qkv = nn.Linear(dim, 3 * heads * head_dim)
         self.proj = nn.Linear(heads * head_dim, out)
 
@@ -39,7 +41,7 @@ class Attention(nn.Module):
         t = x.flatten(2).transpose(1, 2)  # (B, N, C)
         qkv = self.qkv(t).reshape(b, h * w, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # (B, H, N, hd)
-        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, -1)
+        o = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, h * w, self.attn_dim)
         return self.proj(o).transpose(1, 2).reshape(b, -1, h, w)
 
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen import SepAttention, max_err
+from archgen import Attention, SepAttention, max_err
 from npu_compress.graph import ParamSlice, apply_masks, build, remove_pruned, unit_masks
 from npu_compress.hardware.profile import load_profile
 
@@ -143,6 +143,32 @@ def test_separate_qkv_heads():
     heads_nodes = [n for n, d in dims.items() if n.startswith("scaled_dot")]
     assert heads_nodes and all(dims[n] == 1 for n in heads_nodes)
     assert graph.kept_channels(keep)[heads_nodes[0]] == 3
+
+
+class DerivedWidthAttn(nn.Module):
+    """timm's Attention: ``attn_dim = num_heads * head_dim`` stored at construction, used in forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.attn = Attention(8, 4, 3, 8)
+        self.out = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.out(self.attn(self.stem(x)))
+
+
+def test_attention_width_stored_at_construction_follows_the_kept_heads():
+    model, x = DerivedWidthAttn().eval(), torch.randn(1, 3, 4, 4)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    fixed = sorted(attr for path, attr, _ in graph._channel.attr_fixes if path == "attn")
+    assert fixed == ["attn_dim", "num_heads"]
+    head_group = next(g for g in graph.groups if len(g) == 4)
+    keep = torch.ones(graph.num_units, dtype=torch.bool)
+    keep[[head_group.start, head_group.start + 2]] = False
+    small = check_equal(model, graph, keep, x)
+    assert (small.attn.num_heads, small.attn.attn_dim, small.attn.head_dim) == (2, 6, 3)
+    assert (small.attn.qkv.out_features, small.attn.proj.in_features) == (18, 6)
 
 
 def test_unit_masks_soft_and_hard():

@@ -4,7 +4,9 @@
 of head ``h`` in q, k and v is unioned into one class, so removing head ``h`` removes its q/k/v
 rows of the projection(s) that made them and, through the output (B, H, N, hd) -> (B, N, H*hd),
 the matching ``hd`` input columns of the output projection. The module running the op must have
-``num_heads == H``; it is decremented by surgery (an :class:`AttrFix`). Example, 2 heads of 4::
+``num_heads == H``; it is decremented by surgery (an :class:`AttrFix`), and so is any integer
+attribute holding ``H * hd`` (timm's ``attn_dim``, used to reshape the heads' output). Example, 2
+heads of 4::
 
     qkv = Linear(8, 24) -> reshape (B, N, 3, 2, 4) -> permute -> unbind -> sdpa
     classes: {qkv rows 0-3, 8-11, 16-19} (head 0), {4-7, 12-15, 20-23} (head 1)
@@ -57,4 +59,16 @@ def sdpa_handler(walk, node: fx.Node) -> Any:
     for h in range(heads):
         walk.state.union_all(np.concatenate([p[h] for p in per_head]))
     walk.state.attr_fixes.append(AttrFix(path, "num_heads", per_head[0][:, 0].copy()))
+    for attr in _derived_widths(mod, heads, shapes[2][nd - 1]):  # e.g. timm's attn_dim = num_heads * head_dim
+        walk.state.attr_fixes.append(AttrFix(path, attr, np.repeat(per_head[2][:, 0], shapes[2][nd - 1])))
     return vals[2]
+
+
+def _derived_widths(mod: Any, heads: int, head_dim: int) -> list[str]:
+    """Integer attributes of the attention module that hold ``num_heads * head_dim`` (the width the
+    module reshapes its output to, stored at construction): they shrink with the kept heads."""
+    width = heads * head_dim
+    if heads < 2 or head_dim < 2:  # too small a product to tell a derived width from a coincidence
+        return []
+    return [k for k, v in vars(mod).items() if not k.startswith("_") and k != "num_heads"
+            and type(v) is int and v == width]

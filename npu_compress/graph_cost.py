@@ -6,14 +6,16 @@ without building the pruned model; it equals ``estimate()`` of ``remove_pruned(.
 
 ``unit_costs(graph, profile, kind, keep)`` is c_u, the cost saved by removing unit u alone from
 ``keep`` (linearised; re-linearise as masks move: docs/ARCHITECTURE.md). Only the layers whose tensors the
-unit touches are re-costed, so one call costs about as much as one ``predict``.
+unit touches are re-costed (:class:`ChannelCosts`), so one call costs about as much as one ``predict``.
 """
 from __future__ import annotations
 
 import math
+from collections import ChainMap
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .hardware.budget import BudgetKind, measure
@@ -88,6 +90,94 @@ def _kept_params(graph: Any, keep: Any) -> int:
     return total
 
 
+class ChannelCosts:
+    """A channel keep-set's cost, moved one unit at a time: each unit's layers are found once, and a
+    flip re-prices only those (not the whole model, as :func:`predict` does).
+
+    ``delta(u)``: the cost change of flipping unit ``u``; ``flip(u)`` applies it. Layers keep the
+    fusion and op kinds of the keep-set the state was built at (as :func:`unit_costs` always did);
+    :func:`predict` re-derives them, so a caller that moves far checks its final keep-set with it.
+
+        state = ChannelCosts(graph, profile, "latency", keep)
+        if state.total + state.delta(u) <= target:
+            state.flip(u)
+    """
+
+    def __init__(self, graph: Any, profile: HardwareProfile, kind: BudgetKind | str, keep: Any,
+                 layers_at: Any = None):
+        """``layers_at``: the keep-set whose fusion and op kinds the layers keep (default ``keep``)."""
+        self.graph, self.profile, self.kind = graph, profile, BudgetKind(kind)
+        self.keep = graph.check_keep(keep, soft=True).detach() > 0.5
+        names, const, self._unit_nodes = graph.unit_channels()
+        self._names = names
+        self._base = _costed(graph, self.keep if layers_at is None else layers_at)
+        self._dims = [graph.channel_dims[n] for n in names]
+        dense = {node.name: tuple(node.meta["val"].shape) for node in graph.exported.graph.nodes
+                 if node.name in graph.channel_dims}
+        self._dense_shapes = [dense[n] for n in names]
+        k = self.keep.numpy().astype(np.int64)
+        self.counts = const.copy()
+        for u in np.flatnonzero(k):
+            nodes, mult = self._unit_nodes[u]
+            self.counts[nodes] += mult
+        self.shapes = {n: self._shape(j, int(c)) for j, (n, c) in enumerate(zip(names, self.counts))}
+        index = {n: j for j, n in enumerate(names)}
+        node_layers: list[list[int]] = [[] for _ in names]
+        for i, ids in enumerate(self._base.ids):
+            for t in ids:
+                if t in index:
+                    node_layers[index[t]].append(i)
+        self._node_layers = [np.asarray(sorted(set(x)), dtype=np.int64) for x in node_layers]
+        self._unit_layers: dict[int, np.ndarray] = {}
+        self._last: tuple[int, Any] | None = None
+        self.layer_costs = np.array([self._price(i, self.shapes) for i in range(len(self._base.layers))])
+        self.total = float(self.layer_costs.sum())
+
+    def _shape(self, j: int, count: int) -> tuple[int, ...]:
+        shape = list(self._dense_shapes[j])
+        shape[self._dims[j]] = count
+        return tuple(shape)
+
+    def _price(self, i: int, shapes: Any) -> float:
+        return measure(layer_cost(_respec(self._base.layers[i], self._base, i, shapes), self.profile), self.kind)
+
+    def layers_of(self, u: int) -> np.ndarray:
+        """Indices of the layers unit ``u``'s channels pass through."""
+        if u not in self._unit_layers:
+            nodes = self._unit_nodes[u][0]
+            self._unit_layers[u] = np.unique(np.concatenate([self._node_layers[j] for j in nodes])) \
+                if len(nodes) else np.empty(0, dtype=np.int64)
+        return self._unit_layers[u]
+
+    def _moved(self, u: int) -> tuple[dict[str, tuple[int, ...]], dict[int, float]]:
+        if self._last is not None and self._last[0] == u:  # delta(u) then flip(u): priced once
+            return self._last[1]
+        nodes, mult = self._unit_nodes[u]
+        sign = -1 if bool(self.keep[u]) else 1
+        overlay = {self._names[j]: self._shape(j, int(self.counts[j]) + sign * int(m)) for j, m in zip(nodes, mult)}
+        shapes = ChainMap(overlay, self.shapes)
+        moved = overlay, {int(i): self._price(int(i), shapes) for i in self.layers_of(u)}
+        self._last = (u, moved)
+        return moved
+
+    def delta(self, u: int) -> float:
+        """Cost after flipping unit ``u`` minus the cost now (removing: <= 0; adding: >= 0)."""
+        _, priced = self._moved(u)
+        return sum(c - float(self.layer_costs[i]) for i, c in priced.items())
+
+    def flip(self, u: int) -> None:
+        """Remove unit ``u`` if kept, add it if not."""
+        overlay, priced = self._moved(u)
+        self._last = None
+        nodes, mult = self._unit_nodes[u]
+        self.counts[nodes] += (-1 if bool(self.keep[u]) else 1) * mult
+        self.shapes.update(overlay)
+        for i, c in priced.items():
+            self.total += c - float(self.layer_costs[i])
+            self.layer_costs[i] = c
+        self.keep[u] = ~self.keep[u]
+
+
 def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, keep: Any = None) -> torch.Tensor:
     """(n_units,) float64: cost saved by removing each unit alone from ``keep`` (default: all kept).
 
@@ -98,24 +188,8 @@ def unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind | str, kee
     keep = torch.ones(n, dtype=torch.bool) if keep is None else graph.check_keep(keep, soft=True).detach() > 0.5
     if graph.structure is not Structure.CHANNEL:
         return _weight_unit_costs(graph, profile, kind, keep)
-    base = _costed(graph, keep)
-    base_cost = [measure(layer_cost(s, profile), kind) for s in base.layers]
-    base_kept = graph.kept_channels(keep)
-    out = torch.zeros(n, dtype=torch.float64)
-    for u in range(n):
-        flipped = keep.clone()
-        flipped[u] = ~flipped[u]
-        kept = graph.kept_channels(flipped)
-        changed = {k for k, v in kept.items() if v != base_kept.get(k)}
-        if not changed:
-            continue
-        shapes = _shapes(graph, kept)
-        delta = 0.0
-        for i, (rec_ids, spec) in enumerate(zip(base.ids, base.layers)):
-            if rec_ids & changed:
-                delta += base_cost[i] - measure(layer_cost(_respec(spec, base, i, shapes), profile), kind)
-        out[u] = abs(delta)
-    return out
+    state = ChannelCosts(graph, profile, kind, keep)
+    return torch.tensor([abs(state.delta(u)) for u in range(n)], dtype=torch.float64)
 
 
 def _respec(spec: LayerSpec, base: _Costed, i: int, shapes: dict[str, tuple[int, ...]]) -> LayerSpec:

@@ -81,6 +81,7 @@ class PruningGraph:
         self.param_shapes = {n: tuple(p.shape) for n, p in trace.model.state_dict(keep_vars=True).items()}
         self.output_shapes = [tuple(v.shape) for v in _output_vals(trace)]
         self._channel, self._weights = channel, weights
+        self._unit_channels: Optional[tuple] = None
         if channel is not None:
             self.units: Sequence[Unit] = channel.units
             self.groups: Sequence[range] = _Groups(channel.group_offsets)
@@ -124,6 +125,19 @@ class PruningGraph:
         if self._channel is None:
             return {}
         return kept_counts(self._channel.kept_index, self.check_keep(keep, soft=True).detach())
+
+    def unit_channels(self) -> tuple[list[str], np.ndarray, list[tuple[np.ndarray, np.ndarray]]]:
+        """Channel graphs: ``(nodes, channels kept whatever the keep-set, per unit (node indices,
+        channels the unit holds there))`` — ``kept_channels`` as a sum, for incremental costing."""
+        if self._channel is None:
+            raise PruningGraphError("unit_channels is for channel graphs")
+        if self._unit_channels is None:
+            node_idx, units, const, names = self._channel.kept_index
+            order = np.argsort(units, kind="stable")
+            bounds = np.searchsorted(units[order], np.arange(self.num_units + 1))
+            per_unit = [np.unique(node_idx[order[a:b]], return_counts=True) for a, b in zip(bounds[:-1], bounds[1:])]
+            self._unit_channels = (list(names), np.asarray(const, dtype=np.int64), per_unit)
+        return self._unit_channels
 
     def kept_fraction(self, keep: Any) -> dict[str, float]:
         """Block / N:M: fraction of each weight's units (blocks, or weights) kept."""

@@ -1,16 +1,19 @@
 """Hard selection under the true (tiled, non-linear) cost model.
 
 Units are ranked by score; the best unit of every channel group is kept (a group cannot be
-emptied); the longest prefix of the rest that fits the budget is found by bisection (cost is
-monotone in kept units); then any unit whose exact marginal cost still fits is added, best
-first. On return no unkept unit fits, so the cost lies in [target - max unit cost, target].
+emptied); then units are added best first whenever their exact marginal cost fits what is left
+(cost is monotone in kept units). Channel graphs do it in one sweep that re-prices only the
+layers each unit touches (:class:`~npu_compress.graph_cost.ChannelCosts`), re-trying a turned-down
+unit only when one of its layers has changed since; block / N:M graphs bisect for the longest
+prefix, then fill. On return no unkept unit fits, so the cost lies in [target - max unit cost, target].
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from ..errors import BudgetError
-from ..graph_cost import predict, unit_costs
+from ..graph_cost import ChannelCosts, predict, unit_costs
 from ..hardware.budget import Budget, BudgetKind, measure
 from ..hardware.profile import HardwareProfile
 from ..graph.types import Structure
@@ -40,6 +43,15 @@ def minimum_cost(graph, profile: HardwareProfile, kind: BudgetKind) -> float:
 def select_keep(graph, scores: torch.Tensor, profile: HardwareProfile, budget: Budget, target: float,
                 max_fill_rounds: int = 64) -> torch.Tensor:
     """A keep-set of the highest-scored units whose true cost is at most ``target``."""
+    if graph.structure is Structure.CHANNEL:
+        return _select_channels(graph, scores, profile, budget, target)
+    return select_by_bisection(graph, scores, profile, budget, target, max_fill_rounds)
+
+
+def select_by_bisection(graph, scores: torch.Tensor, profile: HardwareProfile, budget: Budget, target: float,
+                        max_fill_rounds: int = 64) -> torch.Tensor:
+    """The general path (any structure): bisect for the longest prefix that fits, re-predicting the
+    whole model per probe, then fill round by round (block / N:M; the channel sweep's reference)."""
     kind = budget.kind
     keep = mandatory_keep(graph, scores)
     order = [u for u in torch.argsort(scores, descending=True, stable=True).tolist() if not keep[u]]
@@ -51,14 +63,64 @@ def select_keep(graph, scores: torch.Tensor, profile: HardwareProfile, budget: B
 
     floor = cost_with(0)
     if floor > target:
-        raise BudgetError(f"budget {budget} = {budget.format_amount(target)} is infeasible: the unprunable parts "
-                          f"cost {budget.format_amount(floor)}; ask for at least that")
+        raise _infeasible(budget, target, floor)
     lo, hi = 0, len(order)  # invariant: cost_with(lo) <= target
     while lo < hi:
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost_with(mid) <= target else (lo, mid - 1)
     keep[order[:lo]] = True
     return _fill(graph, keep, scores, profile, kind, target, max_fill_rounds)
+
+
+def _infeasible(budget: Budget, target: float, floor: float) -> BudgetError:
+    return BudgetError(f"budget {budget} = {budget.format_amount(target)} is infeasible: the unprunable parts "
+                       f"cost {budget.format_amount(floor)}; ask for at least that")
+
+
+def _select_channels(graph, scores: torch.Tensor, profile: HardwareProfile, budget: Budget,
+                     target: float) -> torch.Tensor:
+    """Channel graphs, incrementally: from the mandatory units, add units best-scored first whenever
+    their exact marginal cost fits what is left (the prefix and the fill of the general path in one
+    sweep); then re-try only the units whose layers changed since they were turned down, until none
+    fits. Each try re-prices only the layers the unit touches (:class:`ChannelCosts`)."""
+    kind = budget.kind
+    keep = mandatory_keep(graph, scores)
+    floor = measure(predict(graph, keep, profile), kind)
+    if floor > target:
+        raise _infeasible(budget, target, floor)
+    # layers as the dense model has them: a slice is priced as the copy it is there
+    state = ChannelCosts(graph, profile, kind, keep, layers_at=torch.ones(graph.num_units, dtype=torch.bool))
+    order = [u for u in torch.argsort(scores, descending=True, stable=True).tolist() if not keep[u]]
+    changed_at = np.zeros(len(state.layer_costs), dtype=np.int64)  # sweep step at which a layer last changed
+    tried_at: dict[int, int] = {}
+    step, pending = 1, order
+    while pending:
+        refused = []
+        for u in pending:
+            step += 1
+            if state.total + state.delta(u) <= target:
+                state.flip(u)
+                changed_at[state.layers_of(u)] = step
+            else:
+                tried_at[u] = step
+                refused.append(u)
+        # a refused unit can fit later only if one of its layers changed after it was tried (costs
+        # only grow as units are added)
+        pending = [u for u in refused if len(state.layers_of(u)) and changed_at[state.layers_of(u)].max() > tried_at[u]]
+    keep = state.keep.clone()
+    return _within(graph, keep, scores, profile, kind, target, mandatory_keep(graph, scores))
+
+
+def _within(graph, keep: torch.Tensor, scores: torch.Tensor, profile: HardwareProfile, kind: BudgetKind,
+            target: float, fixed: torch.Tensor) -> torch.Tensor:
+    """The incremental state prices layers with the fusion and op kinds of where it started; the true
+    cost re-derives them. Where that lands over ``target`` (rare), drop the worst-scored units."""
+    while measure(predict(graph, keep, profile), kind) > target:
+        droppable = (keep & ~fixed).nonzero().flatten()
+        if not len(droppable):
+            break
+        keep[droppable[torch.argmin(scores[droppable])]] = False
+    return keep
 
 
 def _fill(graph, keep: torch.Tensor, scores: torch.Tensor, profile: HardwareProfile, kind: BudgetKind,

@@ -99,6 +99,11 @@ class GenNet(nn.Module):
             return F.interpolate(x, scale_factor=2, mode=op[3])
         if kind in ("attn", "gn"):
             return m(x)
+        if kind == "shuffle":  # ShuffleNet: nn.ChannelShuffle, or its view -> transpose -> reshape spelling
+            if op[3] == "module":
+                return m(x)
+            b, c, h, w = x.shape
+            return x.view(b, op[4], c // op[4], h, w).transpose(1, 2).reshape(b, c, h, w)
         if kind == "roll":
             return torch.roll(x, 1, dims=1)
         if kind == "flip":
@@ -137,7 +142,7 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
     for _ in range(rng.randint(3, 7)):
         c, s = shapes[cur]
         choices = ["conv", "res", "dw", "gconv", "cat", "gate", "glu", "swap", "pool", "up", "attn", "sepattn", "gn",
-                   "convT"] + (["roll", "flip"] if unsupported else [])
+                   "convT", "catg", "shuffle"] + (["roll", "flip"] if unsupported else [])
         kind = rng.choice(choices)
         if kind == "conv":
             cur = conv(cur, rng.choice([8, 12, 16, 20, 24]), k=rng.choice([1, 3]))
@@ -152,6 +157,19 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
             other = [f for f in feats if shapes[f][1] == s]
             b = conv(rng.choice(other), rng.choice([4, 8]), k=1)
             cur = add(("cat", "", [cur, b]), (c + shapes[b][0], s))
+        elif kind == "catg":  # a narrow branch concatenated, then a grouped conv: groups straddle producers
+            b = conv(cur, rng.choice([1, 2, 3]), k=1)
+            groups = rng.choice([2, 4])
+            mid = add(("cat", "", [cur, b]), (c + shapes[b][0], s))
+            if (c + shapes[b][0]) % groups == 0:
+                cur = conv(mid, groups * rng.choice([2, 4]), groups=groups)
+            else:
+                cur = mid
+        elif kind == "shuffle" and c % 2 == 0:
+            g = 4 if c % 4 == 0 and rng.random() < 0.5 else 2
+            spelling = rng.choice(["module", "view"])
+            cur = add(("shuffle", f"m{len(program)}", [cur], spelling, g), (c, s),
+                      nn.ChannelShuffle(g) if spelling == "module" else None)
         elif kind == "gate":
             cur = add(("gate", f"m{len(program)}", [cur]), (c, s), nn.Conv2d(c, c, 1))
         elif kind in ("glu", "swap") and c % 2 == 0:
@@ -207,6 +225,9 @@ def random_keep(graph, frac_pruned: float, gen: torch.Generator) -> torch.Tensor
     for g in graph.groups:
         if len(g) and not keep[g.start:g.stop].any():
             keep[g.start + int(torch.randint(len(g), (1,), generator=gen))] = True
+    for c in graph.producer_covers:  # and every producer a channel
+        if not keep[c].any():
+            keep[c[int(torch.randint(len(c), (1,), generator=gen))]] = True
     return keep
 
 

@@ -2,6 +2,7 @@
 import copy
 import time
 
+import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -239,3 +240,79 @@ def test_multiple_inputs_outputs_and_parameters_in_the_graph():
         with torch.no_grad():
             assert max_err(masked(*inputs), small(*inputs)) <= 1e-5
     assert small.emb.embedding_dim == small.lin.out_features == small.out.in_features
+
+
+class CatIntoGroupedConv(nn.Module):
+    """A 2-channel and a 6-channel producer concatenated into a 2-group conv: group 0 of the grouped
+    conv holds a's 2 channels and b's first 2, so "one unit per group" alone could empty a."""
+
+    def __init__(self, a=2, b=6, groups=2):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, a, 1), nn.Conv2d(3, b, 1)
+        self.g = nn.Conv2d(a + b, 2 * groups, 3, groups=groups, padding=1)
+        self.o = nn.Conv2d(2 * groups, 2, 1)
+
+    def forward(self, x):
+        return self.o(self.g(torch.cat([self.a(x), self.b(x)], 1)))
+
+
+def test_every_producer_keeps_a_channel():
+    import itertools
+
+    from npu_compress.graph import PruningGraphError
+    from npu_compress.pruners.select import mandatory_keep
+
+    for a, b, groups in [(2, 6, 2), (1, 3, 2)]:
+        model, x = CatIntoGroupedConv(a, b, groups).eval(), torch.randn(1, 3, 6, 6)
+        graph = build(model, (x,), PROFILE, group_size=1)
+        assert graph.producer_covers, "a producer's channels lie in units that do not cover a whole group"
+        accepted = 0
+        for bits in itertools.product([False, True], repeat=graph.num_units):
+            keep = torch.tensor(bits)
+            try:
+                graph.check_keep(keep)
+            except PruningGraphError:
+                assert any(not keep[c].any() for c in graph.producer_covers) or \
+                    any(not keep[list(g)].any() for g in graph.groups)
+                continue
+            accepted += 1
+            small = check_equal(model, graph, keep, x)
+            assert small.a.out_channels >= 1 and small.b.out_channels >= 1
+        assert accepted >= 4
+        for scores in (None, torch.rand(graph.num_units, generator=torch.Generator().manual_seed(0))):
+            graph.check_keep(mandatory_keep(graph, scores))  # the minimum model keeps every producer
+        for order in (list(range(graph.num_units)), list(reversed(range(graph.num_units)))):
+            keep = torch.ones(graph.num_units, dtype=torch.bool)
+            dropped = graph.droppable(keep, order)  # as many as can go, in this order
+            keep[dropped] = False
+            graph.check_keep(keep)
+            assert all(not graph.droppable(keep, [u]) for u in keep.nonzero().flatten().tolist())
+
+
+class Shuffled(nn.Module):
+    def __init__(self, spelling, groups=2):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 4, 1)
+        self.groups, self.spelling, self.shuffle = groups, spelling, nn.ChannelShuffle(groups)
+
+    def forward(self, x):
+        y = self.a(x)
+        if self.spelling == "module":
+            return self.b(self.shuffle(y))
+        b, c, h, w = y.shape
+        return self.b(y.view(b, self.groups, c // self.groups, h, w).transpose(1, 2).reshape(b, c, h, w))
+
+
+@pytest.mark.parametrize("spelling", ["module", "view"])
+@pytest.mark.parametrize("groups", [2, 4])
+def test_channel_shuffle_prunes_in_multiples_of_its_groups(spelling, groups):
+    model, x = Shuffled(spelling, groups).eval(), torch.randn(1, 3, 4, 4)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    assert graph.num_units == 8 // groups and "several dims" not in graph.report()
+    for u in graph.units:  # one channel of every shuffle group: a's rows r, r + 8/g, ...
+        rows = next(s for s in u.slices if s.param == "a.weight" and s.dim == 0).indices().tolist()
+        assert len(rows) == groups and len({r % (8 // groups) for r in rows}) == 1
+    keep = torch.ones(graph.num_units, dtype=torch.bool)
+    keep[1] = False
+    small = check_equal(model, graph, keep, x)
+    assert (small.a.out_channels, small.b.in_channels) == (8 - groups, 8 - groups)

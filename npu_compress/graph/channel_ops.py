@@ -73,7 +73,8 @@ class ChannelWalk:
             "_native_batch_norm_legit_no_training": self.batch_norm, "group_norm": self.group_norm,
             "linear": self.linear, "matmul": self.matmul, "embedding": self.embedding,
             "scaled_dot_product_attention": self.sdpa, "constant_pad_nd": self.pad, "pad": self.pad,
-            "div": self.div, "pow": self.pow})
+            "div": self.div, "pow": self.pow, "channel_shuffle": self.channel_shuffle,
+            "native_channel_shuffle": self.channel_shuffle})
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> "ChannelWalk":
@@ -270,7 +271,30 @@ class ChannelWalk:
             return ref if ref is not None else self.unknown(node)
         if not isinstance(x, Info):
             return None
-        return self._view_result(node, x, ti.reshape_info(x, in_shape, out_shape))
+        out = ti.reshape_info(x, in_shape, out_shape)
+        if out is not None and x.ids.ndim > 1 and out.ids.ndim == 1 and not bool((np.diff(out.ids) > 0).all()):
+            self._tie_reordered(x.ids)
+        return self._view_result(node, x, out)
+
+    def _tie_reordered(self, ids: np.ndarray) -> None:
+        """Channels on several dims flattened back into one in a new order (view -> transpose ->
+        reshape: a channel shuffle). Removing channels keeps the order only if every slice along the
+        first dim loses the same positions: tie each slice's elements into one class, so a unit is one
+        channel of every group (pruned in multiples of the group count)."""
+        for row in ids.reshape(ids.shape[0], -1):
+            self.state.union_all(row)
+
+    def channel_shuffle(self, node: fx.Node) -> Any:
+        """``channel_shuffle(x, g)``: channel ``r`` of group ``a`` moves to ``r * g + a``."""
+        x, groups = self.val(node.args[0]), int(arg(node, 1, "groups", 1))
+        if not isinstance(x, Info):
+            return self.unknown(node) if isinstance(x, ParamRef) else None
+        if x.dims != (1,) or x.ids.size % groups:
+            self.freeze(x, node, "channel shuffle of a tensor whose channels are not dim 1")
+            return None
+        by_group = x.ids.reshape(groups, -1).T  # (per-group position, group)
+        self._tie_reordered(by_group)
+        return Info((1,), np.ascontiguousarray(by_group).reshape(-1))
 
     def permute(self, node: fx.Node) -> Any:
         x, shp = self.val(node.args[0]), self.shape(node.args[0])

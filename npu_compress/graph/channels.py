@@ -65,7 +65,10 @@ class ChannelState:
         self.parent.extend(range(start, start + n))
         self.source.extend([src] * n)
         self.frozen.extend([frozen] * n)
-        return np.arange(start, start + n, dtype=np.int64)
+        ids = np.arange(start, start + n, dtype=np.int64)
+        if frozen and n:  # recorded, so that their whole group is frozen (nothing removes them at a source)
+            self.freezes.append((FreezeRecord(node, "cat", "channels of an input the analysis does not track"), ids))
+        return ids
 
     def find(self, e: int) -> int:
         parent = self.parent

@@ -82,6 +82,7 @@ class PruningGraph:
         self.output_shapes = [tuple(v.shape) for v in _output_vals(trace)]
         self._channel, self._weights = channel, weights
         self._unit_channels: Optional[tuple] = None
+        self._covers: Optional[list[torch.Tensor]] = None
         if channel is not None:
             self.units: Sequence[Unit] = channel.units
             self.groups: Sequence[range] = _Groups(channel.group_offsets)
@@ -117,7 +118,36 @@ class PruningGraph:
             if empty:
                 raise PruningGraphError(f"every channel group must keep at least one unit; groups {empty[:5]} "
                                         f"keep none (group {empty[0]}: units {self.groups[empty[0]]})")
+            bare = [c for c in self.producer_covers if not bool(t[c].any())]
+            if bare:
+                raise PruningGraphError(f"every producer must keep a channel; {len(bare)} would keep none (keep "
+                                        f"one of units {bare[0].tolist()})")
         return t
+
+    @property
+    def producer_covers(self) -> list[torch.Tensor]:
+        """Channel graphs: unit sets of which one must stay so that every producer keeps a channel, where
+        "one unit per group" does not already ensure it (a concat feeding a grouped conv)."""
+        if self._channel is None:
+            return []
+        if self._covers is None:
+            self._covers = [torch.as_tensor(c, dtype=torch.long) for c in self._channel.producer_covers]
+        return self._covers
+
+    def droppable(self, keep: torch.Tensor, units: Sequence[int]) -> list[int]:
+        """Of ``units`` (kept ones, in the given order), those that can be dropped one after another
+        while every group and every producer keeps a unit."""
+        keep = keep.clone()
+        out = []
+        for u in units:
+            keep[u] = False
+            ok = bool(keep[list(self.groups[int(self.unit_group[u])])].any()) and \
+                all(bool(keep[c].any()) for c in self.producer_covers if bool((c == u).any()))
+            if ok:
+                out.append(u)
+            else:
+                keep[u] = True
+        return out
 
     # -- cost-model queries ---------------------------------------------------------------
     def kept_channels(self, keep: Any) -> dict[str, int]:

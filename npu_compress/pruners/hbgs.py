@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -291,14 +292,20 @@ class HbgsPruner(Pruner):
         for g in candidates:
             if g not in self._scored:
                 self._seen[g] = [r for r in (s.restrict(self.keep) for s in self._seen[g]) if len(r.pos)]
-                plan = self._plan(g, self._seen[g], self._order(g, self._seen[g]))
-                self._scored[g] = (plan, self._error(plan))
+                # every producer keeps a channel: a concat into a grouped conv can tie two in one group
+                order = self.graph.droppable(self.keep, self._order(g, self._seen[g]))
+                plan = self._plan(g, self._seen[g], order) if order else None
+                self._scored[g] = (plan, self._error(plan) if order else math.inf)
             plan, err = self._scored[g]
+            if plan is None:
+                continue
             trial = self.keep.clone()
             trial[plan.units] = False
             saved = self.cost - self._cost(trial)
             key = (0, err / saved, g) if saved > 0 else (1, err, g)
             best = min(best, (key, plan)) if best is not None else (key, plan)
+        if best is None:
+            return False
         (_, err_ratio, _), plan = best
         plan = self._trim(plan, self._seen[plan.group], goal)
         self._apply(plan)

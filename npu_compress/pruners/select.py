@@ -20,17 +20,22 @@ from ..graph.types import Structure
 
 
 def mandatory_keep(graph, scores: torch.Tensor | None = None) -> torch.Tensor:
-    """The units that must stay: one per channel group (none for block / N:M) — the best-scored one,
-    or without scores the narrowest one (a partial last tile), which makes the cheapest model."""
+    """The units that must stay: one per channel group, and one of each producer's where its group does
+    not already keep one (none for block / N:M) — the best-scored one, or without scores the narrowest
+    one (a partial last tile), which makes the cheapest model."""
     keep = torch.zeros(graph.num_units, dtype=torch.bool)
     if graph.structure is not Structure.CHANNEL:
         return keep
-    for group in graph.groups:
-        units = list(group)
+    def best(units: list[int]) -> int:
         if scores is None:
-            keep[min(units, key=lambda u: (graph.units[u].size, u))] = True
-        else:
-            keep[units[int(torch.argmax(scores[torch.tensor(units)]))]] = True
+            return min(units, key=lambda u: (graph.units[u].size, u))
+        return units[int(torch.argmax(scores[torch.tensor(units)]))]
+
+    for group in graph.groups:
+        keep[best(list(group))] = True
+    for cover in graph.producer_covers:  # and every producer a channel
+        if not bool(keep[cover].any()):
+            keep[best(cover.tolist())] = True
     return keep
 
 

@@ -62,6 +62,19 @@ class SepAttention(nn.Module):
         return x + self.proj(o).transpose(1, 2).reshape(b, c, h, w)
 
 
+class Mixed(nn.ModuleDict):
+    """MixNet's mixed depthwise conv: split sizes held in ``self.splits``, one kernel size per segment."""
+
+    def __init__(self, splits=(6, 5, 5)):
+        super().__init__({str(i): nn.Conv2d(c, c, k, padding=k // 2, groups=c) for i, (c, k) in
+                          enumerate(zip(splits, (3, 5, 7)))})
+        self.splits = list(splits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.splits, 1)
+        return torch.cat([conv(p) for conv, p in zip(self.values(), parts)], 1)
+
+
 class GenNet(nn.Module):
     def __init__(self, program: list[tuple], mods: dict[str, nn.Module], outputs: list[int]):
         super().__init__()
@@ -97,7 +110,7 @@ class GenNet(nn.Module):
             return F.max_pool2d(x, 2) if op[3] == "max" else F.avg_pool2d(x, 2)
         if kind == "up":
             return F.interpolate(x, scale_factor=2, mode=op[3])
-        if kind in ("attn", "gn"):
+        if kind in ("attn", "gn", "mix"):
             return m(x)
         if kind == "shuffle":  # ShuffleNet: nn.ChannelShuffle, or its view -> transpose -> reshape spelling
             if op[3] == "module":
@@ -142,7 +155,7 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
     for _ in range(rng.randint(3, 7)):
         c, s = shapes[cur]
         choices = ["conv", "res", "dw", "gconv", "cat", "gate", "glu", "swap", "pool", "up", "attn", "sepattn", "gn",
-                   "convT", "catg", "shuffle"] + (["roll", "flip"] if unsupported else [])
+                   "convT", "catg", "shuffle", "mix"] + (["roll", "flip"] if unsupported else [])
         kind = rng.choice(choices)
         if kind == "conv":
             cur = conv(cur, rng.choice([8, 12, 16, 20, 24]), k=rng.choice([1, 3]))
@@ -170,6 +183,9 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
             spelling = rng.choice(["module", "view"])
             cur = add(("shuffle", f"m{len(program)}", [cur], spelling, g), (c, s),
                       nn.ChannelShuffle(g) if spelling == "module" else None)
+        elif kind == "mix" and c >= 3:
+            third = c // 3
+            cur = add(("mix", f"m{len(program)}", [cur]), (c, s), Mixed((c - 2 * third, third, third)))
         elif kind == "gate":
             cur = add(("gate", f"m{len(program)}", [cur]), (c, s), nn.Conv2d(c, c, 1))
         elif kind in ("glu", "swap") and c % 2 == 0:
@@ -225,7 +241,7 @@ def random_keep(graph, frac_pruned: float, gen: torch.Generator) -> torch.Tensor
     for g in graph.groups:
         if len(g) and not keep[g.start:g.stop].any():
             keep[g.start + int(torch.randint(len(g), (1,), generator=gen))] = True
-    for c in graph.producer_covers:  # and every producer a channel
+    for c in graph.covers:  # and every producer a channel
         if not keep[c].any():
             keep[c[int(torch.randint(len(c), (1,), generator=gen))]] = True
     return keep

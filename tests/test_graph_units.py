@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen import Attention, SepAttention, max_err
+from archgen import Attention, Mixed, SepAttention, max_err
 from npu_compress.graph import ParamSlice, apply_masks, build, remove_pruned, unit_masks
 from npu_compress.hardware.profile import load_profile
 
@@ -265,14 +265,14 @@ def test_every_producer_keeps_a_channel():
     for a, b, groups in [(2, 6, 2), (1, 3, 2)]:
         model, x = CatIntoGroupedConv(a, b, groups).eval(), torch.randn(1, 3, 6, 6)
         graph = build(model, (x,), PROFILE, group_size=1)
-        assert graph.producer_covers, "a producer's channels lie in units that do not cover a whole group"
+        assert graph.covers, "a producer's channels lie in units that do not cover a whole group"
         accepted = 0
         for bits in itertools.product([False, True], repeat=graph.num_units):
             keep = torch.tensor(bits)
             try:
                 graph.check_keep(keep)
             except PruningGraphError:
-                assert any(not keep[c].any() for c in graph.producer_covers) or \
+                assert any(not keep[c].any() for c in graph.covers) or \
                     any(not keep[list(g)].any() for g in graph.groups)
                 continue
             accepted += 1
@@ -316,3 +316,27 @@ def test_channel_shuffle_prunes_in_multiples_of_its_groups(spelling, groups):
     keep[1] = False
     small = check_equal(model, graph, keep, x)
     assert (small.a.out_channels, small.b.in_channels) == (8 - groups, 8 - groups)
+
+
+class MixNetBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.pw, self.mix, self.out = nn.Conv2d(3, 16, 1), Mixed(), nn.Conv2d(16, 4, 1)
+
+    def forward(self, x):
+        return self.out(self.mix(self.pw(x)))
+
+
+def test_split_sizes_held_by_the_module_are_pruned_per_segment():
+    model, x = MixNetBlock().eval(), torch.randn(1, 3, 8, 8)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    assert graph.num_units == 16 and "split sizes" not in graph.report()
+    assert len(graph.covers) == 3  # every segment keeps a channel
+    keep = torch.ones(16, dtype=torch.bool)
+    keep[[0, 1, 6, 12, 13, 14]] = False  # 2 of segment 0, 1 of segment 1, 3 of segment 2
+    small = check_equal(model, graph, keep, x)
+    assert small.mix.splits == [4, 4, 2] and small.pw.out_channels == 10
+    assert [c.out_channels for c in small.mix.values()] == [4, 4, 2]
+    keep[11:16] = False  # all of segment 2: refused, one must stay
+    with pytest.raises(Exception, match="keep a channel"):
+        graph.check_keep(keep)

@@ -8,7 +8,6 @@ channel of ``x`` and the report names ``aten.roll.default``.
 from __future__ import annotations
 
 import logging
-import operator
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -387,9 +386,27 @@ class ChannelWalk:
             return self.unknown(node)
         if not isinstance(x, Info):
             return [None] * len(sizes)
+        parts = ti.split_info(x, k, sizes)
         if k in x.dims:
-            self.freeze(x, node, "split sizes are constants in the model code")
-        return ti.split_info(x, k, sizes)
+            attr = self._sizes_attribute(node, sizes) if x.dims == (k,) else None
+            if attr is None:
+                self.freeze(x, node, "split sizes are constants in the model code")
+            else:  # sizes held by the module (MixNet's mixed conv): each segment pruned, the list updated
+                path, name = attr
+                for i, part in enumerate(parts):
+                    self.state.attr_fixes.append(AttrFix(path, f"{name}[{i}]", part.ids.copy()))
+                    self.state.keep_one.append(part.ids.copy())
+        return parts
+
+    def _sizes_attribute(self, node: fx.Node, sizes: list[int]) -> Optional[tuple[str, str]]:
+        """(module path, attribute) of the one list attribute of the module running ``node`` that
+        holds exactly ``sizes``; None when there is none or several."""
+        path, mod = self.tr.module_of(node)
+        if mod is None or len(sizes) < 2:
+            return None
+        found = [k for k, v in vars(mod).items() if not k.startswith("_") and isinstance(v, (list, tuple))
+                 and len(v) == len(sizes) and all(type(e) is int for e in v) and list(v) == sizes]
+        return (path, found[0]) if len(found) == 1 else None
 
     def unbind(self, node: fx.Node) -> Any:
         x, shp = self.val(node.args[0]), self.shape(node.args[0])

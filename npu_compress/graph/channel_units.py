@@ -36,9 +36,9 @@ class ChannelUnits:
     attr_fixes: list[tuple[str, str, np.ndarray]]  # module, attr, unit per counted entry (-1: fixed)
     n_frozen_groups: int = 0
     n_single_unit_groups: int = 0
-    # unit sets of which one must stay so that a producer keeps a channel, where its group does not
-    # already see to it (a concat feeding a grouped conv ties two producers' channels in one group)
-    producer_covers: list[np.ndarray] = field(default_factory=list)
+    # unit sets of which one must stay so that a producer (or a split segment) keeps a channel, where
+    # its group does not already see to it (a concat feeding a grouped conv ties two producers in one)
+    covers: list[np.ndarray] = field(default_factory=list)
 
 
 class _Freezer:
@@ -136,22 +136,23 @@ def build_channel_units(walk: ChannelWalk, group_size: int) -> ChannelUnits:
     channel_dims, kept_index = _kept_tables(axes, unit_of_class)
     fixes = [(f.module, f.attr, unit_of_class[cls[f.elems]]) for f in st.attr_fixes]
     n_single = sum(1 for g in range(len(freeze.frozen)) if not freeze.frozen[g] and g not in gid)
-    covers = _producer_covers(cls, src, unit_of_class, offsets, [gid[g] for g in unit_groups])
+    covers = _covers(cls, src, unit_of_class, offsets, [gid[g] for g in unit_groups], st.keep_one)
     return ChannelUnits(units, offsets, sources, freeze.records, tables, channel_dims, kept_index, fixes,
                         int(freeze.frozen.sum()), n_single, covers)
 
 
-def _producer_covers(cls: np.ndarray, src: np.ndarray, unit_of_class: np.ndarray, offsets: np.ndarray,
-                     unit_group: list[int]) -> list[np.ndarray]:
-    """Per producer whose channels all lie in units: those units, unless they hold a whole group (then
-    "one unit per group" already keeps a channel of it)."""
+def _covers(cls: np.ndarray, src: np.ndarray, unit_of_class: np.ndarray, offsets: np.ndarray,
+            unit_group: list[int], keep_one: list[np.ndarray]) -> list[np.ndarray]:
+    """Unit sets of which one must stay: per producer, and per element set the walk asked to keep
+    non-empty (a split segment), whose channels all lie in units — unless they hold a whole group
+    (then "one unit per group" already keeps a channel of it)."""
     covers: dict[tuple[int, ...], np.ndarray] = {}
     if not cls.size:
         return []
     units_of = unit_of_class[cls]
     order = np.argsort(src, kind="stable")
     bounds = np.flatnonzero(np.diff(src[order])) + 1
-    for elems in np.split(order, bounds):
+    for elems in [*np.split(order, bounds), *keep_one]:
         units = np.unique(units_of[elems])
         if units.size == 0 or units[0] < 0:  # a channel no unit removes: the producer never empties
             continue

@@ -37,7 +37,8 @@ class Attach:
 
 @dataclass
 class AttrFix:
-    """A module attribute that counts kept elements, e.g. ``attn.num_heads`` = kept heads."""
+    """A module attribute that counts kept elements, e.g. ``attn.num_heads`` = kept heads; ``attr`` may
+    name one entry of a list attribute, ``splits[1]``."""
 
     module: str
     attr: str
@@ -52,6 +53,7 @@ class ChannelState:
     frozen: list[bool] = field(default_factory=list)
     attaches: list[Attach] = field(default_factory=list)
     attr_fixes: list[AttrFix] = field(default_factory=list)
+    keep_one: list[np.ndarray] = field(default_factory=list)  # element sets that must keep a channel
     freezes: list[tuple[FreezeRecord, np.ndarray]] = field(default_factory=list)
     unknown_params: dict[str, FreezeRecord] = field(default_factory=dict)
     # (node, input node, dim): the input's channel dim must not be ``dim`` (unbind along it)

@@ -118,20 +118,20 @@ class PruningGraph:
             if empty:
                 raise PruningGraphError(f"every channel group must keep at least one unit; groups {empty[:5]} "
                                         f"keep none (group {empty[0]}: units {self.groups[empty[0]]})")
-            bare = [c for c in self.producer_covers if not bool(t[c].any())]
+            bare = [c for c in self.covers if not bool(t[c].any())]
             if bare:
-                raise PruningGraphError(f"every producer must keep a channel; {len(bare)} would keep none (keep "
-                                        f"one of units {bare[0].tolist()})")
+                raise PruningGraphError(f"every producer and split segment must keep a channel; {len(bare)} would "
+                                        f"keep none (keep one of units {bare[0].tolist()})")
         return t
 
     @property
-    def producer_covers(self) -> list[torch.Tensor]:
+    def covers(self) -> list[torch.Tensor]:
         """Channel graphs: unit sets of which one must stay so that every producer keeps a channel, where
         "one unit per group" does not already ensure it (a concat feeding a grouped conv)."""
         if self._channel is None:
             return []
         if self._covers is None:
-            self._covers = [torch.as_tensor(c, dtype=torch.long) for c in self._channel.producer_covers]
+            self._covers = [torch.as_tensor(c, dtype=torch.long) for c in self._channel.covers]
         return self._covers
 
     def droppable(self, keep: torch.Tensor, units: Sequence[int]) -> list[int]:
@@ -142,7 +142,7 @@ class PruningGraph:
         for u in units:
             keep[u] = False
             ok = bool(keep[list(self.groups[int(self.unit_group[u])])].any()) and \
-                all(bool(keep[c].any()) for c in self.producer_covers if bool((c == u).any()))
+                all(bool(keep[c].any()) for c in self.covers if bool((c == u).any()))
             if ok:
                 out.append(u)
             else:

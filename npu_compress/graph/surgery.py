@@ -44,7 +44,14 @@ def _set_tensor(model: nn.Module, name: str, value: torch.Tensor) -> None:
 
 def _fix_module(mod: nn.Module, fixed: dict[str, int]) -> None:
     for attr, value in fixed.items():
-        setattr(mod, attr, value)
+        name, _, index = attr.partition("[")
+        if index:  # one entry of a list attribute: splits[1]
+            entries = list(getattr(mod, name))
+            entries[int(index.rstrip("]"))] = value
+            old = getattr(mod, name)
+            setattr(mod, name, type(old)(entries) if isinstance(old, tuple) else entries)
+        else:
+            setattr(mod, attr, value)
     if isinstance(mod, nn.modules.conv._ConvNd):
         w = mod.weight.shape
         if mod.transposed:

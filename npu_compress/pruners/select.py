@@ -33,7 +33,7 @@ def mandatory_keep(graph, scores: torch.Tensor | None = None) -> torch.Tensor:
 
     for group in graph.groups:
         keep[best(list(group))] = True
-    for cover in graph.producer_covers:  # and every producer a channel
+    for cover in graph.covers:  # and every producer a channel
         if not bool(keep[cover].any()):
             keep[best(cover.tolist())] = True
     return keep

@@ -5,11 +5,14 @@
     >>> apply_masks(model, g, keep)        # zero in place; equals the pruned model
     >>> small = remove_pruned(model, g, keep)   # physically smaller copy
     >>> print(g.report())                  # what was frozen, and why
+    >>> register_channel_rule("my_op", rule)   # teach the analysis an op (graph/rules.py)
 """
 from .masks import apply_masks, unit_masks
 from .pruning_graph import PruningGraph, build
+from .rules import register_channel_rule, unregister_channel_rule
 from .surgery import remove_pruned
+from .tensor_info import Info, ParamRef
 from .types import ParamBlock, ParamSlice, PruningGraphError, Structure, Unit
 
-__all__ = ["ParamBlock", "ParamSlice", "PruningGraph", "PruningGraphError", "Structure", "Unit", "apply_masks",
-           "build", "remove_pruned", "unit_masks"]
+__all__ = ["Info", "ParamBlock", "ParamRef", "ParamSlice", "PruningGraph", "PruningGraphError", "Structure", "Unit",
+           "apply_masks", "build", "register_channel_rule", "remove_pruned", "unit_masks", "unregister_channel_rule"]

@@ -16,7 +16,7 @@ from torch import fx, nn
 from ..hardware import ops
 from ..hardware.ops import base_name
 from . import tensor_info as ti
-from . import producers
+from . import producers, rules
 from .attention import sdpa_handler
 from .channels import AttrFix, ChannelState
 from .export_trace import Trace
@@ -72,8 +72,9 @@ class ChannelWalk:
             "_native_batch_norm_legit_no_training": self.batch_norm, "group_norm": self.group_norm,
             "linear": self.linear, "matmul": self.matmul, "embedding": self.embedding,
             "scaled_dot_product_attention": self.sdpa, "constant_pad_nd": self.pad, "pad": self.pad,
-            "div": self.div, "pow": self.pow, "channel_shuffle": self.channel_shuffle,
-            "native_channel_shuffle": self.channel_shuffle})
+            "div": self.div, "pow": self.pow})
+        # registered rules (the public extension point, graph/rules.py) come before the built-in ones
+        self.op_rules, self.module_rules = rules.op_rules(), rules.module_rules()
 
     # -- driver ---------------------------------------------------------------------------
     def run(self) -> "ChannelWalk":
@@ -91,14 +92,53 @@ class ChannelWalk:
 
     def _handle(self, name: str, node: fx.Node) -> Any:
         try:
+            registered = self._module_rules_of(node) + ([self.op_rules[name]] if name in self.op_rules else [])
+            for rule in registered:
+                out = rule(self, node)
+                if out is not NotImplemented:
+                    return out
             return self.handlers.get(name, self.unknown)(node)
         except Exception as exc:  # an unforeseen corner of a handler: freeze, never crash
             log.debug("channel analysis failed at %s: %r", node.name, exc)
             self.freeze_inputs(node, f"channel analysis of {name} failed ({type(exc).__name__}: {exc})")
             return None
 
+    def _module_rules_of(self, node: fx.Node) -> list:
+        """Rules registered for the types of the modules that ran ``node``, innermost first."""
+        if not self.module_rules:
+            return []
+        found = []
+        for path, _ in reversed(list((node.meta.get("nn_module_stack") or {}).values())):
+            path = path.replace("L['self'].", "").replace("L__self__.", "")
+            try:
+                mod = self.tr.model.get_submodule(path)
+            except AttributeError:
+                continue
+            found += [rule for cls, rule in self.module_rules.items() if isinstance(mod, cls)]
+        return found
+
+    # -- what a channel rule may call (docs: graph/rules.py) -----------------------------------
     def val(self, a: Any) -> Any:
         return self.info.get(a.name) if isinstance(a, fx.Node) else None
+
+    def tie(self, ids: np.ndarray) -> None:
+        """These elements become one class: removed together or not at all."""
+        self.state.union_all(np.asarray(ids, dtype=np.int64))
+
+    def new_channels(self, n: int, node: fx.Node) -> np.ndarray:
+        """``n`` fresh element ids: channels ``node`` produces."""
+        return self.state.new_elements(n, node.name)
+
+    def module_of(self, node: fx.Node) -> tuple[str, Optional[nn.Module]]:
+        return self.tr.module_of(node)
+
+    def update_attribute(self, path: str, attr: str, ids: np.ndarray) -> None:
+        """After pruning, ``module(path).attr`` (or list entry ``"name[i]"``) = kept channels among ``ids``."""
+        self.state.attr_fixes.append(AttrFix(path, attr, np.asarray(ids, dtype=np.int64).copy()))
+
+    def keep_one(self, ids: np.ndarray) -> None:
+        """At least one of these channels must stay."""
+        self.state.keep_one.append(np.asarray(ids, dtype=np.int64).copy())
 
     def shape(self, a: Any) -> Optional[tuple[int, ...]]:
         return self.tr.shape(a)
@@ -272,28 +312,8 @@ class ChannelWalk:
             return None
         out = ti.reshape_info(x, in_shape, out_shape)
         if out is not None and x.ids.ndim > 1 and out.ids.ndim == 1 and not bool((np.diff(out.ids) > 0).all()):
-            self._tie_reordered(x.ids)
+            rules.tie_reordered(self, x.ids)  # view -> transpose -> reshape: a channel shuffle
         return self._view_result(node, x, out)
-
-    def _tie_reordered(self, ids: np.ndarray) -> None:
-        """Channels on several dims flattened back into one in a new order (view -> transpose ->
-        reshape: a channel shuffle). Removing channels keeps the order only if every slice along the
-        first dim loses the same positions: tie each slice's elements into one class, so a unit is one
-        channel of every group (pruned in multiples of the group count)."""
-        for row in ids.reshape(ids.shape[0], -1):
-            self.state.union_all(row)
-
-    def channel_shuffle(self, node: fx.Node) -> Any:
-        """``channel_shuffle(x, g)``: channel ``r`` of group ``a`` moves to ``r * g + a``."""
-        x, groups = self.val(node.args[0]), int(arg(node, 1, "groups", 1))
-        if not isinstance(x, Info):
-            return self.unknown(node) if isinstance(x, ParamRef) else None
-        if x.dims != (1,) or x.ids.size % groups:
-            self.freeze(x, node, "channel shuffle of a tensor whose channels are not dim 1")
-            return None
-        by_group = x.ids.reshape(groups, -1).T  # (per-group position, group)
-        self._tie_reordered(by_group)
-        return Info((1,), np.ascontiguousarray(by_group).reshape(-1))
 
     def permute(self, node: fx.Node) -> Any:
         x, shp = self.val(node.args[0]), self.shape(node.args[0])
@@ -394,8 +414,8 @@ class ChannelWalk:
             else:  # sizes held by the module (MixNet's mixed conv): each segment pruned, the list updated
                 path, name = attr
                 for i, part in enumerate(parts):
-                    self.state.attr_fixes.append(AttrFix(path, f"{name}[{i}]", part.ids.copy()))
-                    self.state.keep_one.append(part.ids.copy())
+                    self.update_attribute(path, f"{name}[{i}]", part.ids)
+                    self.keep_one(part.ids)
         return parts
 
     def _sizes_attribute(self, node: fx.Node, sizes: list[int]) -> Optional[tuple[str, str]]:

@@ -340,3 +340,31 @@ def test_split_sizes_held_by_the_module_are_pruned_per_segment():
     keep[11:16] = False  # all of segment 2: refused, one must stay
     with pytest.raises(Exception, match="keep a channel"):
         graph.check_keep(keep)
+
+
+class HardcodedWidth(nn.Module):
+    """``a``'s 8 channels flow into a reshape to a literal width (a Python int, no attribute to update);
+    ``b``'s channels are free to go."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.head = nn.Linear(8 * 16, 4)
+        self.out = nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        n = x.shape[0]
+        return self.head(self.a(x).reshape(n, 8 * 16)), self.out(self.b(x))
+
+
+def test_groups_the_models_own_code_does_not_survive_are_frozen_with_the_reason():
+    model, x = HardcodedWidth().eval(), torch.randn(2, 3, 4, 4)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    assert "breaks the model" in graph.report()
+    pruned_params = {s.param for u in graph.units for s in u.slices}
+    assert "b.weight" in pruned_params and "a.weight" not in pruned_params
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(5):  # any keep-set now gives a model that runs and equals the masked one
+        keep = torch.rand(graph.num_units, generator=gen) > 0.5
+        keep[0] = True
+        check_equal(model, graph, keep, x)

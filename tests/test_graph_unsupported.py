@@ -100,7 +100,7 @@ def test_bad_inputs():
 
 
 class ShapeInCode(nn.Module):
-    """view with a hardcoded channel count: the pruned copy cannot run -> a clear error."""
+    """view with a hardcoded channel count: the pruned copy could not run -> frozen, with the reason."""
 
     def __init__(self):
         super().__init__()
@@ -110,10 +110,11 @@ class ShapeInCode(nn.Module):
         return self.fc(self.a(x).view(x.shape[0], 8, 16).flatten(1))
 
 
-def test_hardcoded_shape_is_an_error_not_a_wrong_model():
+def test_hardcoded_shape_is_frozen_not_a_wrong_model():
+    """The build proves surgery by running it: the channels the code hardcodes are frozen up front
+    (not an error after training), and the report says why."""
     model, x = ShapeInCode().eval(), torch.randn(1, 3, 4, 4)
     graph = build(model, (x,), PROFILE, group_size=1)
-    keep = torch.ones(graph.num_units, dtype=torch.bool)
-    keep[0] = False
-    with pytest.raises(NpuCompressError, match="does not run"):
-        remove_pruned(model, graph, keep)
+    assert graph.num_units == 0
+    report = graph.report()
+    assert "breaks the model" in report and "does not run" in report

@@ -11,6 +11,7 @@ Example::
 """
 from __future__ import annotations
 
+import copy
 import logging
 from collections.abc import Sequence
 from typing import Any, Optional, Union
@@ -21,9 +22,11 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ..choices import NMPattern
+from ..errors import TraceError
 from .channel_ops import ChannelWalk
 from .channel_units import ChannelUnits, build_channel_units, kept_counts
 from .export_trace import Trace, as_tuple
+from .tensor_info import Info
 from .types import PruningGraphError, Structure, Unit
 from .weight_units import WeightUnits, build_weight_units
 
@@ -235,10 +238,87 @@ def build(model: nn.Module, example_inputs: Any, profile: Any, structure: Union[
     inputs = as_tuple(example_inputs)
     trace = Trace.export(model, inputs)
     if structure is Structure.CHANNEL:
-        cu = build_channel_units(ChannelWalk(trace).run(), group_size)
-        graph = PruningGraph(structure, trace, inputs, group_size, None, channel=cu)
+        graph = _proven_channel_graph(trace, inputs, group_size)
     else:
         wu = build_weight_units(trace, structure, tuple(profile.tiling.block), nm_pair)
         graph = PruningGraph(structure, trace, inputs, None, nm_pair, weights=wu)
     log.info("%r", graph)
     return graph
+
+
+# ---------------------------------------------------------------- surgery, proven by running it
+
+PROBE_TOLERANCE = 1e-4  # masked vs pruned outputs of the probe, relative to the output scale
+
+
+def _proven_channel_graph(trace: Trace, inputs: tuple, group_size: int) -> PruningGraph:
+    """The channel graph, with every group whose removal the model's own code does not survive frozen.
+
+    The rules are exact for the ops they see, but a model may also hold a width the export graph
+    does not show (a Python int used in a reshape, not an attribute surgery knows). So the graph is
+    proven once: drop one unit of every group, build the pruned model and compare it with the masked
+    one; groups that break it (found by bisection) are frozen, the report says why, and the graph is
+    built again. Never a keep-set whose pruned model does not run."""
+    walk = ChannelWalk(trace).run()
+    graph = PruningGraph(Structure.CHANNEL, trace, inputs, group_size, None,
+                         channel=build_channel_units(walk, group_size))
+    bad = _breaking_groups(graph, trace.model, list(range(len(graph.groups))))
+    if not bad:
+        return graph
+    walk = ChannelWalk(trace).run()
+    for g, why in bad:
+        for src in graph._channel.group_sources[g]:
+            info = walk.info.get(src)
+            if isinstance(info, Info):
+                walk.state.freeze(info.ids, src, "surgery", f"pruning these channels breaks the model: {why}")
+    log.info("froze %d channel group(s) the model's own code does not survive pruning", len(bad))
+    return PruningGraph(Structure.CHANNEL, trace, inputs, group_size, None,
+                        channel=build_channel_units(walk, group_size))
+
+
+def _breaking_groups(graph: PruningGraph, model: nn.Module, groups: list[int]) -> list[tuple[int, str]]:
+    """Groups among ``groups`` whose removal (one unit each) breaks the model, with the reason."""
+    why = _probe(graph, model, groups)
+    if why is None:
+        return []
+    if len(groups) == 1:
+        return [(groups[0], why)]
+    half = len(groups) // 2
+    found = _breaking_groups(graph, model, groups[:half]) + _breaking_groups(graph, model, groups[half:])
+    return found or [(g, why) for g in groups]  # only together: freeze them all
+
+
+def _probe(graph: PruningGraph, model: nn.Module, groups: list[int]) -> Optional[str]:
+    """None when dropping the last unit of each of ``groups`` gives a pruned model equal to the masked
+    one; else what went wrong."""
+    from .masks import apply_masks
+    from .surgery import remove_pruned
+
+    keep = torch.ones(graph.num_units, dtype=torch.bool)
+    for g in groups:
+        units = graph.groups[g]
+        if len(units) >= 2:
+            keep[units[-1]] = False
+    for cover in graph.covers:
+        if not bool(keep[cover].any()):
+            keep[cover[-1]] = True
+    if bool(keep.all()):
+        return None
+    try:
+        small = remove_pruned(model, graph, keep)
+    except TraceError as e:
+        return str(e)
+    masked = apply_masks(copy.deepcopy(model), graph, keep)
+    was = model.training
+    try:
+        with torch.no_grad():
+            a = [t for t in tree_flatten(masked.eval()(*graph.example_inputs))[0] if isinstance(t, torch.Tensor)]
+            b = [t for t in tree_flatten(small.eval()(*graph.example_inputs))[0] if isinstance(t, torch.Tensor)]
+    finally:
+        model.train(was)
+    for x, y in zip(a, b):
+        scale = max(float(x.abs().max()), 1.0)
+        if x.shape != y.shape or float((x - y).abs().max()) > PROBE_TOLERANCE * scale:
+            return "the pruned model computes something else than the masked one"
+    return None
+

@@ -266,10 +266,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callab
         if name is not Phase.WARMUP and pruner is None and make_pruner is not None:
             pruner = make_pruner(model)
         if name is Phase.FINETUNE and pruner is not None and pruner.result is None:
-            result.prune_result = pruner.finalize()
-            _shuffle_for(train_loader, cfg.seed, epoch)  # the same batches on a resumed run
-            recalibrate_norms(model, train_loader, cfg.recalibrate_batches)
-            sync_buffers(model)
+            result.prune_result = _finalize(pruner, model, train_loader, cfg, epoch)
         if phase is None or phase.name is not name:
             phase = _Phase(name, model, cfg, plan.count(name), batches, pruner)
             net = wrap_ddp(model) if distributed else model  # buffers: synced after each epoch, not each forward
@@ -290,14 +287,21 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callab
         if cfg.checkpoint is not None and rank0:
             _save_progress(cfg, epoch, model, pruner, phase, result, run)
     if pruner is not None and pruner.result is None:
-        result.prune_result = pruner.finalize()  # no fine-tune epochs: still end with the hard mask
-        _shuffle_for(train_loader, cfg.seed, len(plan))
-        recalibrate_norms(model, train_loader, cfg.recalibrate_batches)
-        sync_buffers(model)
+        result.prune_result = _finalize(pruner, model, train_loader, cfg, len(plan))  # no fine-tune: still hard
     result.pruner = pruner
     result.prune_result = pruner.result if pruner is not None else None
     result.accuracy = evaluate(model, test_loader, task)
     return result
+
+
+def _finalize(pruner: Any, model: nn.Module, train_loader, cfg: TrainConfig, epoch: int) -> Any:
+    """The hard mask, then BatchNorm statistics re-estimated on the batches epoch ``epoch`` would see
+    (the same ones on a resumed run) and averaged over ranks."""
+    out = pruner.finalize()
+    _shuffle_for(train_loader, cfg.seed, epoch)
+    recalibrate_norms(model, train_loader, cfg.recalibrate_batches)
+    sync_buffers(model)
+    return out
 
 
 def _loaders(data: Dataset, cfg: TrainConfig):

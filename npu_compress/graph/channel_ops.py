@@ -107,15 +107,8 @@ class ChannelWalk:
         """Rules registered for the types of the modules that ran ``node``, innermost first."""
         if not self.module_rules:
             return []
-        found = []
-        for path, _ in reversed(list((node.meta.get("nn_module_stack") or {}).values())):
-            path = path.replace("L['self'].", "").replace("L__self__.", "")
-            try:
-                mod = self.tr.model.get_submodule(path)
-            except AttributeError:
-                continue
-            found += [rule for cls, rule in self.module_rules.items() if isinstance(mod, cls)]
-        return found
+        return [rule for _, mod in self.tr.modules_of(node) if mod is not None
+                for cls, rule in self.module_rules.items() if isinstance(mod, cls)]
 
     # -- what a channel rule may call (docs: graph/rules.py) -----------------------------------
     def val(self, a: Any) -> Any:

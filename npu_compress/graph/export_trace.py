@@ -135,14 +135,18 @@ class Trace:
             return tuple(int(s) for s in val.shape)
         return None
 
+    def modules_of(self, node: fx.Node) -> list[tuple[str, Optional[nn.Module]]]:
+        """Every module that ran ``node``, innermost first: (path, instance or None)."""
+        out = []
+        for path, _ in reversed(list((node.meta.get("nn_module_stack") or {}).values())):
+            path = path.replace("L['self'].", "").replace("L__self__.", "")
+            try:
+                out.append((path, self.model.get_submodule(path)))
+            except AttributeError:
+                out.append((path, None))
+        return out
+
     def module_of(self, node: fx.Node) -> tuple[str, Optional[nn.Module]]:
         """The innermost module that ran ``node``: (path, instance or None)."""
-        stack = node.meta.get("nn_module_stack") or {}
-        if not stack:
-            return "", None
-        path = list(stack.values())[-1][0]
-        path = path.replace("L['self'].", "").replace("L__self__.", "")
-        try:
-            return path, self.model.get_submodule(path)
-        except AttributeError:
-            return path, None
+        stack = self.modules_of(node)
+        return stack[0] if stack else ("", None)

@@ -89,7 +89,8 @@ def _select_channels(graph, scores: torch.Tensor, profile: HardwareProfile, budg
     sweep); then re-try only the units whose layers changed since they were turned down, until none
     fits. Each try re-prices only the layers the unit touches (:class:`ChannelCosts`)."""
     kind = budget.kind
-    keep = mandatory_keep(graph, scores)
+    fixed = mandatory_keep(graph, scores)
+    keep = fixed.clone()
     floor = measure(predict(graph, keep, profile), kind)
     if floor > target:
         raise _infeasible(budget, target, floor)
@@ -113,7 +114,7 @@ def _select_channels(graph, scores: torch.Tensor, profile: HardwareProfile, budg
         # only grow as units are added)
         pending = [u for u in refused if len(state.layers_of(u)) and changed_at[state.layers_of(u)].max() > tried_at[u]]
     keep = state.keep.clone()
-    return _within(graph, keep, scores, profile, kind, target, mandatory_keep(graph, scores))
+    return _within(graph, keep, scores, profile, kind, target, fixed)
 
 
 def _within(graph, keep: torch.Tensor, scores: torch.Tensor, profile: HardwareProfile, kind: BudgetKind,

@@ -281,8 +281,11 @@ WRITER = textwrap.dedent('''
 def _start_writer(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER.format(root=str(Path(__file__).resolve().parents[1])))
+    # SIGINT as a terminal would deliver it, even when this test run is a background job (its shell
+    # then ignores SIGINT, the child inherits that, and Python never raises KeyboardInterrupt)
     proc = subprocess.Popen([sys.executable, str(script), str(tmp_path / "out.toml")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout.readline() == "writing\n", proc.stderr.read()
     assert len(temps(tmp_path)) == 1  # the write is under way
     return proc

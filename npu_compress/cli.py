@@ -27,7 +27,7 @@ from .export.quantize import CalibrationMethod, Precision
 from .hardware import DEFAULT_PROFILE, estimate, list_profiles, load_profile
 from .pruners import PRUNERS, get_pruner
 from .pruners.problem import config_from_text, describe
-from .training import OptimizerKind
+from .training import LrSchedule, OptimizerKind
 from .choices import Choice, NMPattern
 from .graph.types import Structure
 from .pruning import Judge
@@ -133,8 +133,8 @@ def _cmd_prune(args: argparse.Namespace) -> int:
                        _input_files(args.model, args.data, args.profile, args.task))
     if args.distributed:
         init_from_env()  # rank / world size / master address from torchrun's environment
-    config = TrainConfig(Epochs.parse(args.epochs), optimizer=args.optimizer, lr=args.lr,
-                         batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
+    config = TrainConfig(Epochs.parse(args.epochs), optimizer=args.optimizer, lr=args.lr, mask_lr=args.mask_lr,
+                         lr_schedule=args.lr_schedule, batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress,
                          checkpoint=output.with_name(output.name + ".progress"), resume=args.resume)
     rank0 = is_rank0()  # only rank 0 writes files and prints
     try:
@@ -413,6 +413,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default 2,6,2; mask + fine-tune >= 1)")
     sp.add_argument("--optimizer", default=OptimizerKind.SGD, **_choice(OptimizerKind))
     sp.add_argument("--lr", type=_positive_float, default=0.05, help="learning rate, > 0 (default 0.05)")
+    sp.add_argument("--mask-lr", type=_positive_float, default=0.002,
+                    help="learning rate of the method's own parameters (SMART's logits), > 0 (default 0.002)")
+    sp.add_argument("--lr-schedule", default=LrSchedule.RUN, **_choice(LrSchedule),
+                    help="one cosine over the whole run, or one per phase (default run)")
     sp.add_argument("--batch-size", type=_positive_int, default=64)
     sp.add_argument("--seed", type=int, default=0)
     sp.add_argument("--input-shape", help="example input shape, e.g. 1,3,32,32 (when the model has no default)")

@@ -5,7 +5,8 @@
 (torch.Size([1437, 1, 8, 8]), 10)
 
 Images are float32 NCHW; labels int64. `normalized()` standardises per channel with
-train statistics; `loaders()` wraps the tensors in seeded DataLoaders.
+train statistics; `loaders()` wraps the tensors in seeded DataLoaders; `augmented()` makes the
+training loader random-crop (zero padding 4) and horizontally flip each image, seeded per epoch.
 """
 
 from dataclasses import dataclass, replace
@@ -35,6 +36,13 @@ class Dataset:
     name: str
     mean: tuple[float, ...] | None = None  # per-channel train statistics, set by normalized()
     std: tuple[float, ...] | None = None
+    augment: bool = False  # training batches random-cropped (pad 4) and flipped (see augmented())
+
+    def augmented(self) -> "Dataset":
+        """A copy whose training loader random-crops (zero padding of 4 pixels, after normalisation:
+        the mean) and horizontally flips each image: the standard CIFAR recipe. The test loader is
+        untouched."""
+        return replace(self, augment=True)
 
     def normalized(self) -> "Dataset":
         """A copy with each channel standardised by the train mean/std (stored on the copy).
@@ -61,7 +69,8 @@ class Dataset:
             raise DataError(f"batch_size must be a positive integer, got {batch_size}")
         generator = torch.Generator().manual_seed(seed)
         train = DataLoader(TensorDataset(self.x_train, self.y_train), batch_size=batch_size,
-                           shuffle=True, generator=generator, num_workers=0)
+                           shuffle=True, generator=generator, num_workers=0,
+                           collate_fn=CropFlip(seed) if self.augment else None)
         test = DataLoader(TensorDataset(self.x_test, self.y_test), batch_size=batch_size,
                           shuffle=False, num_workers=0)
         return train, test
@@ -76,6 +85,33 @@ class Dataset:
         test_idx = torch.randperm(len(self.y_test), generator=generator)[:n_test]
         return replace(self, x_train=self.x_train[train_idx], y_train=self.y_train[train_idx],
                        x_test=self.x_test[test_idx], y_test=self.y_test[test_idx])
+
+
+class CropFlip:
+    """collate_fn: stack a batch, then per image a random crop of the zero-padded image and a random
+    horizontal flip, drawn from its own generator (``reseed`` it per epoch for a reproducible run)."""
+
+    def __init__(self, seed: int = 0, pad: int = 4):
+        self.pad = pad
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def __call__(self, batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.stack([b[0] for b in batch])
+        y = torch.stack([b[1] for b in batch])
+        n, _, h, w = x.shape
+        p = self.pad
+        padded = torch.nn.functional.pad(x, (p, p, p, p))
+        dy = torch.randint(0, 2 * p + 1, (n,), generator=self.generator)
+        dx = torch.randint(0, 2 * p + 1, (n,), generator=self.generator)
+        flip = torch.rand(n, generator=self.generator) < 0.5
+        out = torch.empty_like(x)
+        for i in range(n):
+            img = padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
+            out[i] = img.flip(-1) if flip[i] else img
+        return out, y
 
 
 def load_digits_dataset(seed: int = 0) -> Dataset:

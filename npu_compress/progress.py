@@ -98,7 +98,8 @@ def text_digest(text: str) -> str:
 def describe_data(data: Any) -> str:
     """E.g. ``digits: 1437 train + 360 test of (1, 8, 8), sha256 1a2b...``."""
     return (f"{data.name}: {len(data.y_train)} train + {len(data.y_test)} test of {tuple(data.input_shape)}, "
-            f"sha256 {digest(data.x_train, data.y_train, data.x_test, data.y_test)}")
+            f"sha256 {digest(data.x_train, data.y_train, data.x_test, data.y_test)}"
+            + (", random crop + flip" if getattr(data, "augment", False) else ""))
 
 
 def describe_model(model: torch.nn.Module) -> str:

@@ -5,7 +5,8 @@
 Phases: ``warmup`` epochs dense; then the pruner is built (so importance comes from trained
 weights) and ``mask`` epochs run with ``pruner.step()`` after every optimiser step; then
 ``pruner.finalize()`` fixes the hard mask and ``finetune`` epochs run with it. The learning rate
-follows a cosine per phase. A progress file (:mod:`npu_compress.progress`) is written
+follows one cosine over the whole run (``lr_schedule="run"``: the final architecture's fine-tune
+continues the decay instead of restarting it), or one per phase (``"phase"``). A progress file (:mod:`npu_compress.progress`) is written
 (atomically) after every epoch when ``config.checkpoint`` is set, and ``resume=True`` continues
 from it exactly: same seed, same settings => the same weights and keep-set as an uninterrupted run.
 """
@@ -23,7 +24,7 @@ from torch import nn
 from .task import CLASSIFICATION, Task
 from .choices import Choice
 from .checkpoint import CheckpointError
-from .data import Dataset
+from .data import CropFlip, Dataset
 from .distributed import any_rank, broadcast_module, is_distributed, is_rank0, sync_buffers, wrap_ddp
 from .errors import NpuCompressError, TrainingError
 from .progress import describe_data, describe_model, epoch_seed, load_progress, rng_state, save_progress, \
@@ -38,6 +39,11 @@ class Phase(Choice):
     WARMUP = "warmup"  # dense training
     MASK = "mask"  # the pruner learns (or decides) the masks; its parameters train in their own optimiser
     FINETUNE = "finetune"  # the hard mask fixed
+
+
+class LrSchedule(Choice):
+    RUN = "run"  # one cosine from the first step of the run to its last
+    PHASE = "phase"  # a cosine per phase, restarted at each
 
 
 class OptimizerKind(Choice):
@@ -71,7 +77,8 @@ class TrainConfig:
     epochs: Epochs
     optimizer: OptimizerKind = OptimizerKind.SGD
     lr: float = 0.05
-    mask_lr: float = 0.05  # Adam on the pruner's own parameters (mask logits), no weight decay
+    mask_lr: float = 0.002  # the optimiser of the pruner's own parameters (mask logits), no weight decay
+    lr_schedule: LrSchedule = LrSchedule.RUN
     weight_decay: float = 5e-4
     momentum: float = 0.9
     batch_size: int = 64
@@ -84,6 +91,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "optimizer", OptimizerKind.parse(self.optimizer, "optimizer", TrainingError))
+        object.__setattr__(self, "lr_schedule", LrSchedule.parse(self.lr_schedule, "lr_schedule", TrainingError))
         if isinstance(self.recalibrate_batches, bool) or not isinstance(self.recalibrate_batches, int) or \
                 self.recalibrate_batches < 0:
             raise TrainingError(f"recalibrate_batches must be an integer >= 0, got {self.recalibrate_batches!r}")
@@ -160,20 +168,27 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _cosine(opt: torch.optim.Optimizer, steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+def _cosine(opt: torch.optim.Optimizer, steps: int, offset: int = 0) -> torch.optim.lr_scheduler.LambdaLR:
+    """Cosine from 1 to 0 over ``steps``; the schedule's step s is the cosine's step ``offset + s``."""
     steps = max(steps, 1)
-    return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(offset + s, steps) / steps)))
 
 
 class _Phase:
     """One phase's optimiser(s) and schedule over ``epochs`` epochs of ``batches`` steps."""
 
-    def __init__(self, name: Phase, model: nn.Module, cfg: TrainConfig, epochs: int, batches: int, pruner: Any):
+    def __init__(self, name: Phase, model: nn.Module, cfg: TrainConfig, plan: list[Phase], batches: int, pruner: Any):
         self.name, self.pruner = name, pruner
         self.opt = _optimizer(model, cfg)
-        self.sched = _cosine(self.opt, epochs * batches)
+        if cfg.lr_schedule is LrSchedule.RUN:  # this phase's slice of one cosine over the whole plan
+            self.sched = _cosine(self.opt, len(plan) * batches, plan.index(name) * batches)
+        else:
+            self.sched = _cosine(self.opt, plan.count(name) * batches)
         extra = list(pruner.parameters()) if pruner is not None and name is Phase.MASK else []
-        self.mask_opt = torch.optim.Adam(extra, lr=cfg.mask_lr) if extra else None
+        self.mask_lr = cfg.mask_lr
+        make = getattr(pruner, "mask_optimizer", lambda params, lr: torch.optim.Adam(params, lr=lr))
+        self.mask_opt = make(extra, cfg.mask_lr) if extra else None
 
     def step(self, loss: torch.Tensor) -> None:
         self.opt.zero_grad(set_to_none=True)
@@ -182,6 +197,9 @@ class _Phase:
         loss.backward()
         self.opt.step()
         if self.mask_opt:
+            scale = self.pruner.mask_lr_scale() if hasattr(self.pruner, "mask_lr_scale") else 1.0
+            for group in self.mask_opt.param_groups:
+                group["lr"] = self.mask_lr * scale
             self.mask_opt.step()
         if self.pruner is not None:
             self.pruner.step()
@@ -268,7 +286,7 @@ def train(model: nn.Module, data: Dataset, cfg: TrainConfig, make_pruner: Callab
         if name is Phase.FINETUNE and pruner is not None and pruner.result is None:
             result.prune_result = _finalize(pruner, model, train_loader, cfg, epoch)
         if phase is None or phase.name is not name:
-            phase = _Phase(name, model, cfg, plan.count(name), batches, pruner)
+            phase = _Phase(name, model, cfg, plan, batches, pruner)
             net = wrap_ddp(model) if distributed else model  # buffers: synced after each epoch, not each forward
             if saved_phase is not None and Phase.parse(saved_phase["name"]) is name:
                 phase.load_state_dict(saved_phase)  # resumed inside this phase
@@ -311,16 +329,21 @@ def _loaders(data: Dataset, cfg: TrainConfig):
         train_set = TensorDataset(data.x_train, data.y_train)
         sampler = DistributedSampler(train_set, shuffle=True, seed=cfg.seed)
         test = DataLoader(TensorDataset(data.x_test, data.y_test), batch_size=256)
-        return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler), test
+        collate = CropFlip(cfg.seed) if data.augment else None
+        return DataLoader(train_set, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collate), test
     return data.loaders(cfg.batch_size, seed=cfg.seed)
 
 
 def _shuffle_for(loader, seed: int, epoch: int) -> None:
-    """Each epoch's order from (seed, epoch) alone, so a resumed epoch sees the batches it would have."""
+    """Each epoch's order (and augmentation) from (seed, epoch) alone, so a resumed epoch sees the
+    batches it would have."""
     if is_distributed():
         loader.sampler.set_epoch(epoch)  # DistributedSampler: seeded by (its seed, epoch) already
     else:
         loader.generator.manual_seed(epoch_seed(seed, epoch))
+    if isinstance(loader.collate_fn, CropFlip):  # per rank: each rank's images get their own draws
+        rank = torch.distributed.get_rank() if is_distributed() else 0
+        loader.collate_fn.reseed(epoch_seed(seed, epoch) + 7919 * (rank + 1))
 
 
 # ---------------------------------------------------------------- progress file (resume)
@@ -332,6 +355,7 @@ def _run_settings(model: nn.Module, data: Dataset, cfg: TrainConfig, extra: Mapp
     return {**(extra or {}), "architecture": describe_model(model), "data": describe_data(data),
             "epochs": f"{e.warmup},{e.mask},{e.finetune}", "seed": str(cfg.seed),
             "optimizer": cfg.optimizer.value, "lr": repr(cfg.lr), "mask_lr": repr(cfg.mask_lr),
+            "lr_schedule": cfg.lr_schedule.value,
             "weight_decay": repr(cfg.weight_decay), "momentum": repr(cfg.momentum),
             "batch_size": str(cfg.batch_size), "world_size": str(world)}
 

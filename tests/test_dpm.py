@@ -11,7 +11,7 @@ from npu_compress.graph import ParamSlice
 from npu_compress.graph_cost import predict, unit_costs
 from npu_compress.pruners.base import Pruner
 from npu_compress.pruners.dpm import DecayConfigError, DecayPruning
-from npu_compress.pruners.importance import output_side_tables, unit_sq_norms
+from npu_compress.pruners.importance import unit_sq_norms
 from npu_compress.pruners.select import measure, nm_keep
 from npu_compress.training import Epochs, TrainConfig, clean_state_dict, train
 
@@ -200,7 +200,7 @@ def test_wraps_smart_decision_after_its_steps_soft_masks_folded_then_decayed():
     mask_opt = torch.optim.Adam(p.parameters(), lr=0.05)
     assert p.parameters() and p.parameters()[0] is p.base.logits
 
-    def step():
+    def step(before_pruner=lambda: None):
         xb, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
         loss = F.cross_entropy(model(xb), y)
         opt.zero_grad()
@@ -208,15 +208,19 @@ def test_wraps_smart_decision_after_its_steps_soft_masks_folded_then_decayed():
         loss.backward()
         opt.step()
         mask_opt.step()
+        before_pruner()
         p.step()
 
     for _ in range(5):
         step()
     assert not p.decided and p.base.steps == 5
-    tables = list(output_side_tables(p.graph, model))
-    originals = {name: model.get_submodule(name.rpartition(".")[0]).parametrizations[name.rpartition(".")[2]]
-                 .original.detach().clone() for name, *_ in tables}
-    step()  # step 6: SMART's last step, then the decision
+    tables = [(name, dim, idx, unit) for name, rows in p.base._tables.items() for dim, idx, unit in rows]
+    originals = {}
+
+    def snapshot():  # W right before the pruner's step that folds W ⊙ f
+        originals.update({name: model.get_submodule(name.rpartition(".")[0]).parametrizations[
+            name.rpartition(".")[2]].original.detach().clone() for name, *_ in tables})
+    step(snapshot)  # step 6: SMART's last step, then the decision
     assert p.decided and p.base.steps == 6
     assert not any(parametrize.is_parametrized(m) for m in model.modules())  # soft masks removed
     f = p.base.soft_keep().detach().double()  # the soft mask at the decision, folded into the weights
@@ -227,7 +231,7 @@ def test_wraps_smart_decision_after_its_steps_soft_masks_folded_then_decayed():
         factor = torch.ones(originals[name].shape[dim], dtype=torch.float64).index_put((idx,), f[unit]).view(shape)
         torch.testing.assert_close(params[name].detach().double(), originals[name].double() * factor,
                                    rtol=1e-5, atol=1e-7)
-    assert torch.equal(p.scores(), p.base.logits.detach().double())  # SMART's ranking decides
+    assert torch.equal(p.scores(), p.base.scores().double())  # SMART's ranking decides (fixed units first)
     chosen = p.decaying.nonzero().flatten().tolist()
     x0 = {u: _unit_norm(model, p.graph, u) for u in chosen}
     for k in range(1, 5):

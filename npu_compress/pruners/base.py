@@ -77,6 +77,14 @@ class Pruner:
         """Learnable parameters of the pruner itself (mask logits); give them their own optimizer group."""
         return []
 
+    def mask_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        """The optimiser of ``parameters()`` (the training driver's mask optimiser): Adam by default."""
+        return torch.optim.Adam(params, lr=lr)
+
+    def mask_lr_scale(self) -> float:
+        """Factor on the mask optimiser's learning rate for the next step (1: as configured)."""
+        return 1.0
+
     def scores(self) -> torch.Tensor:
         """(n_units,) importance; the highest-scored units are kept."""
         raise NotImplementedError

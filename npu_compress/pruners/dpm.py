@@ -298,6 +298,12 @@ class DecayPruning(Pruner):
     def parameters(self) -> list[nn.Parameter]:
         return list(self.base.parameters())
 
+    def mask_lr_scale(self) -> float:
+        return self.base.mask_lr_scale()
+
+    def mask_optimizer(self, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+        return self.base.mask_optimizer(params, lr)
+
     def scores(self) -> torch.Tensor:
         return self._scores.clone() if self.decided else self.base.scores()
 
@@ -333,6 +339,8 @@ class DecayPruning(Pruner):
         """Remove the base's soft masks (its ``_before_finalize``); ``fold``: keep W ⊙ f as the new weights."""
         folded = {}
         if fold:
+            if hasattr(self.base, "_invalidate"):  # the mask of the current logits, not the last forward's
+                self.base._invalidate()
             with torch.no_grad():
                 for path, mod in self.model.named_modules():
                     if parametrize.is_parametrized(mod):

@@ -53,6 +53,8 @@ class PdpPruner(SmartPruner):
         >>> f = p.soft_keep()      # (n_units,), Σ c f = soft budget, differentiable in the weights
     """
 
+    norm_safe = False  # the mask multiplies the weights its logits are read from (the paper's form)
+
     @property
     def logits(self) -> torch.Tensor:
         """(n_units,) s_u from the current weights, differentiable in them."""
@@ -65,9 +67,15 @@ class PdpPruner(SmartPruner):
     def parameters(self) -> list[nn.Parameter]:
         return []
 
+    def _spread(self) -> float:
+        """τ is measured in the spread of s at the start (floored: a trained model's s can be nearly equal)."""
+        with torch.no_grad():
+            s = self.weight_logits()
+        return max(float(s.std()), 0.05) if s.numel() > 1 else 1.0
+
     def weight_logits(self) -> torch.Tensor:
         """(n_units,) float32: Σ of squared masked entries of each unit, over its group's mean."""
-        tables = getattr(self, "_tables", None) or self._mask_tables(self.model)  # attached, or not yet / no more
+        tables = getattr(self, "_tables", None) or self._mask_tables(self.model)[0]  # attached, or not yet / no more
         s = None
         for name, entries in tables.items():
             w = raw_tensor(self.model, name)

@@ -57,6 +57,16 @@ def select_by_bisection(graph, scores: torch.Tensor, profile: HardwareProfile, b
                         max_fill_rounds: int = 64) -> torch.Tensor:
     """The general path (any structure): bisect for the longest prefix that fits, re-predicting the
     whole model per probe, then fill round by round (block / N:M; the channel sweep's reference)."""
+    keep = select_prefix(graph, scores, profile, budget, target)
+    return _fill(graph, keep, scores, profile, budget.kind, target, max_fill_rounds)
+
+
+def select_prefix(graph, scores: torch.Tensor, profile: HardwareProfile, budget: Budget,
+                  target: float) -> torch.Tensor:
+    """The mandatory units and the longest run of the best-scored others whose true cost fits
+    ``target``: a threshold set in score order (no unit kept below a dropped one), so its cost lies
+    in [target - the next unit's marginal cost, target]. SMART's selection: its soft mask can only
+    express threshold sets, and finalize() then keeps exactly what was trained."""
     kind = budget.kind
     keep = mandatory_keep(graph, scores)
     order = [u for u in torch.argsort(scores, descending=True, stable=True).tolist() if not keep[u]]
@@ -74,7 +84,7 @@ def select_by_bisection(graph, scores: torch.Tensor, profile: HardwareProfile, b
         mid = (lo + hi + 1) // 2
         lo, hi = (mid, hi) if cost_with(mid) <= target else (lo, mid - 1)
     keep[order[:lo]] = True
-    return _fill(graph, keep, scores, profile, kind, target, max_fill_rounds)
+    return keep
 
 
 def _infeasible(budget: Budget, target: float, floor: float) -> BudgetError:

@@ -121,7 +121,7 @@ def _cmd_prune(args: argparse.Namespace) -> int:
 
     from .io import write_atomic
     from .pruning import prune
-    from .training import Epochs, OptimizerKind, TrainConfig
+    from .training import Epochs, TrainConfig
 
     method_config = config_from_text(get_pruner(args.method).Config, args.method, args.method_arg)
     if args.distributed:

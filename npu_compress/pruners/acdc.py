@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch import nn
 
 from ..graph import apply_masks, unit_masks
 from ..graph.masks import get_tensor

@@ -51,7 +51,7 @@ from torch.nn.utils import parametrize
 
 from ..errors import BudgetError, PrunerConfigError
 from ..graph_cost import predict
-from .base import Pruner, PruneResult, get_pruner, register
+from .base import Pruner, get_pruner, register
 from .problem import MethodConfig
 from .select import measure, nm_keep, select_keep
 from ..graph.types import Structure

@@ -43,7 +43,7 @@ from ..graph import Structure, apply_masks
 from ..graph.masks import get_tensor
 from ..graph_cost import predict
 from .base import Pruner, register
-from .problem import MethodConfig
+from .problem import MethodConfig, checked_calibration
 from .hbgs_select import Fit, fold, gram, ls_coefficients, removal_order, weight_delta
 from .importance import _input_dim, unit_sq_norms
 from .select import measure
@@ -422,26 +422,17 @@ class HbgtsPruner(HbgsPruner):
 
 def _calibration(calibration: Any, example_inputs: Any) -> torch.Tensor:
     """The calibration batch: a training-split tensor, or (with a warning) the example input plus noise."""
+    if calibration is not None:
+        return checked_calibration(calibration, example_inputs, HbgsError, "HBGS / HBGTS")
     example = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
-    if not isinstance(example_inputs, torch.Tensor) and len(example_inputs) != 1:
-        raise HbgsError("HBGS / HBGTS support models with one input tensor; got "
-                        f"{len(example_inputs)} example inputs")
-    if calibration is None:
-        log.warning("HBGS: no calibration batch given; using the example input repeated with noise. Pass "
-                    "calibration=dataset.x_train[:256] (training data, never the test split) for a meaningful "
-                    "selection")
-        scale = float(example.detach().float().std()) if example.numel() > 1 else 0.0
-        gen = torch.Generator().manual_seed(0)
-        base = example.detach().expand(32, *example.shape[1:])
-        return base + (scale or 1.0) * torch.randn(base.shape, generator=gen).to(base.dtype)
-    if not isinstance(calibration, torch.Tensor):
-        raise HbgsError(f"calibration must be a tensor of training inputs (e.g. dataset.x_train[:256]), "
-                        f"got {type(calibration).__name__}")
-    if calibration.dim() != example.dim() or tuple(calibration.shape[1:]) != tuple(example.shape[1:]) \
-            or len(calibration) == 0:
-        raise HbgsError(f"calibration has shape {tuple(calibration.shape)}; expected (N, "
-                        f"{', '.join(str(s) for s in example.shape[1:])}) with N >= 1, like the example input")
-    return calibration.detach()
+    example = checked_calibration(example, example_inputs, HbgsError, "HBGS / HBGTS")  # one input tensor
+    log.warning("HBGS: no calibration batch given; using the example input repeated with noise. Pass "
+                "calibration=dataset.x_train[:256] (training data, never the test split) for a meaningful "
+                "selection")
+    scale = float(example.float().std()) if example.numel() > 1 else 0.0
+    gen = torch.Generator().manual_seed(0)
+    base = example.expand(32, *example.shape[1:])
+    return base + (scale or 1.0) * torch.randn(base.shape, generator=gen).to(base.dtype)
 
 
 def _device(model: nn.Module) -> torch.device:

@@ -97,6 +97,22 @@ class MethodConfig:
         return self if self.mask_steps is not None else dataclasses.replace(self, mask_steps=mask_steps)
 
 
+def checked_calibration(calibration: Any, example_inputs: Any, error: type[Exception], who: str) -> torch.Tensor:
+    """``calibration`` checked as a batch of training inputs shaped like the model's single example
+    input (N >= 1); ``error`` names ``who`` and what is valid otherwise."""
+    example = example_inputs if isinstance(example_inputs, torch.Tensor) else example_inputs[0]
+    if not isinstance(example_inputs, torch.Tensor) and len(example_inputs) != 1:
+        raise error(f"{who} supports models with one input tensor; got {len(example_inputs)} example inputs")
+    if not isinstance(calibration, torch.Tensor):
+        raise error(f"calibration must be a tensor of training inputs (e.g. dataset.x_train[:256]), "
+                    f"got {type(calibration).__name__}")
+    if calibration.dim() != example.dim() or tuple(calibration.shape[1:]) != tuple(example.shape[1:]) \
+            or len(calibration) == 0:
+        raise error(f"calibration has shape {tuple(calibration.shape)}; expected (N, "
+                    f"{', '.join(str(s) for s in example.shape[1:])}) with N >= 1, like the example input")
+    return calibration.detach()
+
+
 def make_config(cls: type[MethodConfig], method: str, values: Any) -> MethodConfig:
     """``values`` (a config, a dict, or None) as a ``cls``; an unknown key is a PrunerConfigError naming the knobs."""
     if isinstance(values, cls):

@@ -42,7 +42,7 @@ from ..distributed import is_distributed
 from ..errors import PrunerConfigError
 from ..graph_cost import predict, unit_costs
 from .base import Pruner, register
-from .problem import MethodConfig
+from .problem import MethodConfig, checked_calibration
 from .importance import output_side_tables, unit_sq_norms
 from .smart_start import norm_safe_tables, starting_logits
 from .select import mandatory_keep, measure, select_prefix
@@ -122,10 +122,11 @@ class SmartPruner(Pruner):
         mask_steps = c.steps
         if mask_steps < 1:
             raise PrunerConfigError(f"mask_steps must be >= 1, got {mask_steps}")
-        inputs = _calibration_inputs(c.calibration, self.problem.example_inputs)
-        tables, energy = self._mask_tables(model, inputs)
+        inputs = _calibration_inputs(c.calibration, self.problem.example_inputs)  # checked whatever ranks the start
+        # the calibration batch is only forwarded when it ranks the start (importance="activation")
+        tables, energy = self._mask_tables(model, inputs if c.importance == "activation" else None)
         self.learn = bool(c.learn)
-        logits = starting_logits(self.graph, model, inputs, tables, energy, unit_sq_norms(self.graph, model).sqrt(),
+        logits = starting_logits(self.graph, model, tables, energy, unit_sq_norms(self.graph, model).sqrt(),
                                  self.profile, self.budget, self.target, c.start, c.importance)
         self.logits = nn.Parameter(logits, requires_grad=self.learn)  # (n_units,)
         if is_distributed():
@@ -205,10 +206,9 @@ class SmartPruner(Pruner):
         ``inputs``) the per-channel mean square of each masked module's output on them."""
         tables: dict[str, list] = {}
         if self.graph.structure is Structure.CHANNEL:
-            if self.norm_safe and inputs is not None:
-                return norm_safe_tables(self.graph, model, inputs)
-            if self.norm_safe:
-                return norm_safe_tables(self.graph, model, self.problem.example_inputs)[0], {}
+            if self.norm_safe:  # one forward finds which producers feed a norm (and, with inputs, measures)
+                tables, energy = norm_safe_tables(self.graph, model, inputs or self.problem.example_inputs)
+                return tables, energy if inputs is not None else {}
             for name, dim, idx, unit in output_side_tables(self.graph, model):
                 tables.setdefault(name, []).append((dim, idx, unit))
         else:
@@ -373,19 +373,13 @@ class SmartPruner(Pruner):
 
 
 def _calibration_inputs(calibration: Any, example_inputs: tuple) -> tuple | None:
-    """The forward inputs activation importance is measured on: the calibration batch (a tensor shaped
-    like the single example input), or None (weight norms instead) without one."""
+    """The forward inputs activation importance is measured on: the calibration batch, or None
+    (weight norms instead) without one."""
     if calibration is None:
         return None
-    example = example_inputs[0] if len(example_inputs) == 1 else None
-    if not isinstance(calibration, torch.Tensor) or example is None or calibration.dim() != example.dim() or \
-            tuple(calibration.shape[1:]) != tuple(example.shape[1:]) or len(calibration) == 0:
-        shape = "x".join(str(s) for s in calibration.shape) if isinstance(calibration, torch.Tensor) else \
-            type(calibration).__name__
-        raise PrunerConfigError(f"SMART calibration must be a batch of training inputs shaped like the one "
-                                f"example input (N, {', '.join(str(s) for s in example.shape[1:])}), got {shape}"
-                                if example is not None else "SMART calibration needs a model with one input")
-    return (calibration.detach().to(example.device, example.dtype),)
+    example = example_inputs[0]
+    batch = checked_calibration(calibration, example_inputs, PrunerConfigError, "SMART's activation importance")
+    return (batch.to(example.device, example.dtype),)
 
 
 def _relative_to_rms(grad: torch.Tensor) -> torch.Tensor:

@@ -195,7 +195,7 @@ def as_threshold_set(z: torch.Tensor, keep: torch.Tensor, margin: float = 0.01) 
     return m
 
 
-def starting_logits(graph, model: nn.Module, inputs: tuple | None, tables: dict[str, list],
+def starting_logits(graph, model: nn.Module, tables: dict[str, list],
                     energy: dict[str, torch.Tensor], weight_norms: torch.Tensor, profile, budget,
                     target: float, start: str = "global", importance: str = "weight") -> torch.Tensor:
     """(n_units,) float32 logits: standardised log-importance, positive on the starting keep-set

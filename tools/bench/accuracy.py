@@ -31,14 +31,11 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import json
 import statistics
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +46,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from _common import machine, write_json  # noqa: E402
+from _common import cached_cells, machine, run_cells, write_json  # noqa: E402
 
 from npu_compress import BudgetError, models  # noqa: E402
 from npu_compress.data import Dataset, load_npz  # noqa: E402
@@ -489,26 +486,12 @@ def main() -> None:
     jobs, infeasible = plan(args.profiles, args.budgets, args.methods, args.tp, floor, args.tp_late)
     runs = Path(args.work) / f"runs_e{m_ep}-{f_ep}"  # cells of one schedule; the dense checkpoint is shared
     runs.mkdir(parents=True, exist_ok=True)
-    rows = []
-    todo = []
-    for job in jobs:
-        f = runs / f"{job.key}.json"
-        if f.is_file() and "error" not in json.loads(f.read_text()):
-            rows.append(json.loads(f.read_text()))
-        else:
-            todo.append(job)
+    rows, todo = cached_cells(jobs, runs)
     print(f"{len(jobs)} cells, {len(rows)} done before, {len(todo)} to run on {args.workers} workers; "
           f"infeasible: {infeasible}", flush=True)
-    t0 = time.perf_counter()
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_safely, setup, job): job for job in todo}
-        for n, fut in enumerate(as_completed(futures), 1):
-            row = fut.result()
-            write_json(str(runs / f"{row['key']}.json"), row)
-            rows.append(row)
-            status = row.get("error") or (f"acc {100 * row['accuracy']:.2f}%  achieved/budget "
-                                          f"{row['achieved_ratio']:.4f}  train {row['train_s']:.0f}s")
-            print(f"[{n}/{len(todo)} {time.perf_counter() - t0:.0f}s] {row['key']}: {status}", flush=True)
+    rows += run_cells(_run_safely, setup, todo, runs, args.workers,
+                      lambda r: f"acc {100 * r['accuracy']:.2f}%  achieved/budget {r['achieved_ratio']:.4f}  "
+                                f"train {r['train_s']:.0f}s")
     torch.set_num_threads(1)
     time_exports(rows, args.rounds, args.repeats, (1, *data.input_shape))
     dense_row = next((r for r in rows if r["kind"] == "dense" and "error" not in r), None)

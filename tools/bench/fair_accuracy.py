@@ -34,9 +34,7 @@ import statistics
 import sys
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import torch  # noqa: E402
 
-from _common import machine, write_json  # noqa: E402
+from _common import cached_cells, machine, run_cells, write_json  # noqa: E402
 
 from npu_compress import models  # noqa: E402
 from npu_compress.data import Dataset, load_npz  # noqa: E402
@@ -306,28 +304,14 @@ def main() -> None:
              for split in tier.splits[arm]]
     cells_dir = Path(work) / "cells" / args.model
     cells_dir.mkdir(parents=True, exist_ok=True)
-    rows, todo = [], []
-    for cell in cells:
-        f = cells_dir / f"{cell.key}.json"
-        if f.is_file() and "error" not in json.loads(f.read_text()):
-            rows.append(json.loads(f.read_text()))
-        else:
-            todo.append(cell)
+    rows, todo = cached_cells(cells, cells_dir)
     if args.report_only:
         todo = []
     print(f"{len(cells)} cells, {len(rows)} done before, {len(todo)} to run on {args.workers} workers", flush=True)
-    t0 = time.perf_counter()
     slow = {"hbgts": 0, "dpm-smart": 1, "smart": 2, "smart-frozen": 3}
     todo.sort(key=lambda c: (c.seed, slow.get(c.arm, 9)))  # seed 0 of every arm first: a partial run is comparable
-    with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-        futures = {pool.submit(_run_safely, setup, cell): cell for cell in todo}
-        for n, fut in enumerate(as_completed(futures), 1):
-            row = fut.result()
-            write_json(str(cells_dir / f"{row['key']}.json"), row)
-            rows.append(row)
-            status = row.get("error") or (f"acc {100 * row['accuracy']:.2f}%  ratio {row['exported_ratio']:.4f}  "
-                                          f"{row['train_s']:.0f}s")
-            print(f"[{n}/{len(todo)} {time.perf_counter() - t0:.0f}s] {row['key']}: {status}", flush=True)
+    rows += run_cells(_run_safely, setup, todo, cells_dir, args.workers,
+                      lambda r: f"acc {100 * r['accuracy']:.2f}%  ratio {r['exported_ratio']:.4f}  {r['train_s']:.0f}s")
     summary = summarise(rows)
     text = table(summary, args.arms, args.budgets)
     head = headline(summary, args.budgets)

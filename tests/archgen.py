@@ -2,7 +2,7 @@
 
 ``random_arch(seed)`` returns ``(model, example_input)``: a small CNN (8-24 channels, 8x8 input)
 composed of conv/bn/act, residual add, SE-style gating, concat, chunk, depthwise and grouped
-convs, GroupNorm, upsampling, transposed conv, an attention block over the pixels, pooling, and
+convs, GroupNorm, LayerNorm / RMSNorm over channels (ConvNeXt blocks, LayerNorm2d), upsampling, transposed conv, an attention block over the pixels, pooling, and
 one to three outputs (flatten into linear, pooled linear, raw feature map). ``unsupported=True``
 also mixes in ops the analysis does not understand (roll / flip on channels).
 
@@ -75,6 +75,33 @@ class Mixed(nn.ModuleDict):
         return torch.cat([conv(p) for conv, p in zip(self.values(), parts)], 1)
 
 
+class LayerNorm2d(nn.LayerNorm):
+    """timm / torchvision ConvNeXt's channels-first LayerNorm: permute, layer_norm, permute back."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class CNBlock(nn.Module):
+    """ConvNeXt block on the residual stream: depthwise 3x3, a norm over channels (``ln``: channels-last
+    nn.LayerNorm, ``ln2d``: LayerNorm2d before the permute, ``rms``: nn.RMSNorm), pointwise expand,
+    GELU, pointwise project, layer scale, residual add."""
+
+    def __init__(self, c: int, norm: str):
+        super().__init__()
+        self.first = norm == "ln2d"
+        self.dw = nn.Conv2d(c, c, 3, padding=1, groups=c)
+        self.norm = {"ln": nn.LayerNorm, "ln2d": LayerNorm2d, "rms": nn.RMSNorm}[norm](c)
+        self.pw1, self.pw2 = nn.Linear(c, 2 * c), nn.Linear(2 * c, c)
+        self.gamma = nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.dw(x)
+        y = self.norm(y).permute(0, 2, 3, 1) if self.first else self.norm(y.permute(0, 2, 3, 1))
+        return x + (self.pw2(F.gelu(self.pw1(y))) * self.gamma).permute(0, 3, 1, 2)
+
+
 class GenNet(nn.Module):
     def __init__(self, program: list[tuple], mods: dict[str, nn.Module], outputs: list[int]):
         super().__init__()
@@ -110,7 +137,7 @@ class GenNet(nn.Module):
             return F.max_pool2d(x, 2) if op[3] == "max" else F.avg_pool2d(x, 2)
         if kind == "up":
             return F.interpolate(x, scale_factor=2, mode=op[3])
-        if kind in ("attn", "gn", "mix"):
+        if kind in ("attn", "gn", "mix", "ln", "cnblock"):
             return m(x)
         if kind == "shuffle":  # ShuffleNet: nn.ChannelShuffle, or its view -> transpose -> reshape spelling
             if op[3] == "module":
@@ -155,7 +182,7 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
     for _ in range(rng.randint(3, 7)):
         c, s = shapes[cur]
         choices = ["conv", "res", "dw", "gconv", "cat", "gate", "glu", "swap", "pool", "up", "attn", "sepattn", "gn",
-                   "convT", "catg", "shuffle", "mix"] + (["roll", "flip"] if unsupported else [])
+                   "convT", "catg", "shuffle", "mix", "ln", "cnblock"] + (["roll", "flip"] if unsupported else [])
         kind = rng.choice(choices)
         if kind == "conv":
             cur = conv(cur, rng.choice([8, 12, 16, 20, 24]), k=rng.choice([1, 3]))
@@ -202,6 +229,10 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
             cur = add(("attn", f"m{len(program)}", [cur]), (c, s), SepAttention(c, rng.choice([2, 4]), 2))
         elif kind == "gn" and c % 4 == 0:
             cur = add(("gn", f"m{len(program)}", [cur]), (c, s), nn.GroupNorm(rng.choice([2, 4]), c))
+        elif kind == "ln":  # a norm over the stream's channels (ConvNeXt's stem / downsample norm)
+            cur = add(("ln", f"m{len(program)}", [cur]), (c, s), LayerNorm2d(c))
+        elif kind == "cnblock":
+            cur = add(("cnblock", f"m{len(program)}", [cur]), (c, s), CNBlock(c, rng.choice(["ln", "ln2d", "rms"])))
         elif kind == "convT" and s <= 8:
             cur = add(("convT", f"m{len(program)}", [cur], "relu"), (8, s * 2), nn.ConvTranspose2d(c, 8, 2, 2))
         elif kind in ("roll", "flip"):
@@ -232,6 +263,10 @@ def _randomize_norms(model: nn.Module) -> None:
                 m.running_var.uniform_(0.5, 2.0)
                 m.weight.uniform_(0.5, 1.5)
                 m.bias.uniform_(-0.5, 0.5)
+            elif isinstance(m, (nn.LayerNorm, nn.RMSNorm)):
+                m.weight.uniform_(0.5, 1.5)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.uniform_(-0.5, 0.5)
 
 
 # -- helpers shared by the graph tests --------------------------------------------------------

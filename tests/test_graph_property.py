@@ -63,7 +63,8 @@ def test_generator_covers_the_op_mix():
         model, _ = random_arch(seed, unsupported=seed % 5 == 4)
         kinds |= {op[0] for op in model.program}
     assert {"conv", "add", "cat", "dw", "gconv", "glu", "swap", "gate", "pool", "up", "attn", "gn", "convT",
-            "head", "gap", "shuffle", "mix"} <= kinds
+            "head", "gap", "shuffle", "mix", "ln",
+            "cnblock"} <= kinds
 
 
 def test_most_cases_have_prunable_units(profile):

@@ -7,7 +7,7 @@
     >>> print(g.report())                  # what was frozen, and why
     >>> register_channel_rule("my_op", rule)   # teach the analysis an op (graph/rules.py)
 """
-from .masks import apply_masks, unit_masks
+from .masks import apply_masks, norm_weights, release_norms, unit_masks
 from .pruning_graph import PruningGraph, build
 from .rules import register_channel_rule, unregister_channel_rule
 from .surgery import remove_pruned
@@ -15,4 +15,5 @@ from .tensor_info import Info, ParamRef
 from .types import ParamBlock, ParamSlice, PruningGraphError, Structure, Unit
 
 __all__ = ["Info", "ParamBlock", "ParamRef", "ParamSlice", "PruningGraph", "PruningGraphError", "Structure", "Unit",
-           "apply_masks", "build", "register_channel_rule", "remove_pruned", "unit_masks", "unregister_channel_rule"]
+           "apply_masks", "build", "norm_weights", "register_channel_rule", "release_norms", "remove_pruned", "unit_masks",
+           "unregister_channel_rule"]

@@ -18,7 +18,7 @@ from ..hardware.ops import base_name
 from . import tensor_info as ti
 from . import producers, rules
 from .attention import sdpa_handler
-from .channels import AttrFix, ChannelState
+from .channels import AttrFix, ChannelState, NormStats
 from .export_trace import Trace
 from .tensor_info import Info, ParamRef
 from .types import FreezeRecord
@@ -489,14 +489,63 @@ class ChannelWalk:
         return [x, None, None] if tuple_out else x
 
     def layer_norm(self, node: fx.Node) -> Any:
+        """LayerNorm (or RMSNorm) over the channel dim (ViT / ConvNeXt residual streams): prunable when
+        an ``nn.LayerNorm`` (or a subclass, e.g. a ``LayerNorm2d`` that permutes inside) runs it. Its
+        affine parameters go with the channels and its statistics are masked at run time
+        (``graph/masked_norm.py``: mean and variance over the kept channels only), so the masked
+        model equals the pruned one. Anything else normalising over channels freezes them."""
         x, shp = self.val(node.args[0]), self.shape(node.args[0])
-        nshape = list(node.args[1])
-        normed = set(range(len(shp) - len(nshape), len(shp)))
-        if isinstance(x, Info) and normed & set(x.dims):
-            self.freeze(x, node, f"{op_name(node)} normalizes over the channel dim (removing channels would "
-                                 "change its statistics, so the masked and the pruned model would differ)")
+        if isinstance(x, ParamRef):
+            return self.unknown(node)
+        nshape = tuple(int(n) for n in node.args[1])
+        first = len(shp) - len(nshape)
+        if not isinstance(x, Info) or not set(range(first, len(shp))) & set(x.dims):
+            return x
+        why = self._unmaskable_norm(node, x, first, nshape)
+        if why:
+            self.freeze(x, node, f"{op_name(node)} normalizes over the channel dim and {why}, so its "
+                                 "statistics cannot be masked (the masked and the pruned model would differ)")
             return None
-        return self.unknown(node) if isinstance(x, ParamRef) else x
+        path, _ = self.module_of(node)
+        axis = x.dims[0] - first
+        for p in self._params(node, self._norm_params(node)) or []:
+            if p is not None:
+                self.state.attach(p, axis, np.arange(len(x.ids)), x.ids)
+        self.state.norm_stats.append(NormStats(path, nshape, axis, x.ids.copy()))
+        return x
+
+    def _unmaskable_norm(self, node: fx.Node, x: Info, first: int, nshape: tuple[int, ...]) -> str:
+        """Why this layer_norm's statistics cannot be masked ("" when they can)."""
+        path, mod = self.module_of(node)
+        module_type = nn.RMSNorm if op_name(node) == "rms_norm" else nn.LayerNorm
+        if len(x.dims) != 1 or x.dims[0] < first:
+            return "its channels are spread over several dims"
+        if not isinstance(mod, module_type):
+            return (f"no {module_type.__name__} module runs it "
+                    f"({type(mod).__name__ if mod is not None else 'a function'} does)")
+        if tuple(mod.normalized_shape) != nshape:
+            return f"it normalizes {nshape}, not its module's normalized_shape {tuple(mod.normalized_shape)}"
+        if self._params(node, self._norm_params(node)) is None:
+            return "its weight or bias is not a parameter of the model"
+        if self._layer_norms_under(path) != 1:
+            return f"module {path} runs {self._layer_norms_under(path)} layer norms"
+        return ""
+
+    @staticmethod
+    def _norm_params(node: fx.Node) -> list[int]:
+        """Argument positions of the affine parameters: layer_norm (x, shape, weight, bias, eps),
+        rms_norm (x, shape, weight, eps)."""
+        return [2] if op_name(node) == "rms_norm" else [2, 3]
+
+    def _layer_norms_under(self, path: str) -> int:
+        """How many layer_norm nodes ``path`` (or a module inside it) runs."""
+        if not hasattr(self, "_ln_count"):
+            self._ln_count: dict[str, int] = {}
+            for n in self.tr.graph.nodes:
+                if n.op == "call_function" and op_name(n) in ops.LAYER_NORM:
+                    for p in {p for p, _ in self.tr.modules_of(n)}:
+                        self._ln_count[p] = self._ln_count.get(p, 0) + 1
+        return self._ln_count.get(path, 0)
 
     def group_norm(self, node: fx.Node) -> Any:
         x = self.val(node.args[0])

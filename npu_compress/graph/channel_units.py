@@ -39,6 +39,9 @@ class ChannelUnits:
     # unit sets of which one must stay so that a producer (or a split segment) keeps a channel, where
     # its group does not already see to it (a concat feeding a grouped conv ties two producers in one)
     covers: list[np.ndarray] = field(default_factory=list)
+    # LayerNorms whose statistics run over units' channels: (module, normalized_shape, channel axis,
+    # entry index along the axis, unit) — masked at run time (masked_norm.py)
+    norms: list[tuple[str, tuple[int, ...], int, torch.Tensor, torch.Tensor]] = field(default_factory=list)
 
 
 class _Freezer:
@@ -137,8 +140,14 @@ def build_channel_units(walk: ChannelWalk, group_size: int) -> ChannelUnits:
     fixes = [(f.module, f.attr, unit_of_class[cls[f.elems]]) for f in st.attr_fixes]
     n_single = sum(1 for g in range(len(freeze.frozen)) if not freeze.frozen[g] and g not in gid)
     covers = _covers(cls, src, unit_of_class, offsets, [gid[g] for g in unit_groups], st.keep_one)
+    norms = []
+    for n in st.norm_stats:
+        unit = unit_of_class[cls[n.elems]]
+        if (unit >= 0).any():
+            idx = np.flatnonzero(unit >= 0)
+            norms.append((n.module, n.shape, n.axis, torch.as_tensor(idx), torch.as_tensor(unit[idx])))
     return ChannelUnits(units, offsets, sources, freeze.records, tables, channel_dims, kept_index, fixes,
-                        int(freeze.frozen.sum()), n_single, covers)
+                        int(freeze.frozen.sum()), n_single, covers, norms)
 
 
 def _covers(cls: np.ndarray, src: np.ndarray, unit_of_class: np.ndarray, offsets: np.ndarray,

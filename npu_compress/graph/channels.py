@@ -46,6 +46,16 @@ class AttrFix:
 
 
 @dataclass
+class NormStats:
+    """A LayerNorm whose statistics run over tracked channels: masked at run time (``masked_norm.py``)."""
+
+    module: str
+    shape: tuple[int, ...]  # its normalized_shape
+    axis: int  # the channel axis within ``shape``
+    elems: np.ndarray  # the element at each position along ``axis``
+
+
+@dataclass
 class ChannelState:
     parent: list[int] = field(default_factory=list)
     source: list[int] = field(default_factory=list)  # element -> producer id
@@ -53,6 +63,7 @@ class ChannelState:
     frozen: list[bool] = field(default_factory=list)
     attaches: list[Attach] = field(default_factory=list)
     attr_fixes: list[AttrFix] = field(default_factory=list)
+    norm_stats: list[NormStats] = field(default_factory=list)
     keep_one: list[np.ndarray] = field(default_factory=list)  # element sets that must keep a channel
     freezes: list[tuple[FreezeRecord, np.ndarray]] = field(default_factory=list)
     unknown_params: dict[str, FreezeRecord] = field(default_factory=dict)

@@ -3,7 +3,7 @@
 Every parameter / buffer slice of a removed unit is cut out with ``index_select``; then the module
 attributes that describe shapes are fixed so the copy runs, trains, exports and round-trips its
 state_dict: ``Conv.in_channels/out_channels/groups``, ``Linear.in_features/out_features``,
-``BatchNorm.num_features``, ``LayerNorm.normalized_shape``, ``GroupNorm.num_groups/num_channels``,
+``BatchNorm.num_features``, ``LayerNorm.normalized_shape`` (and RMSNorm's), ``GroupNorm.num_groups/num_channels``,
 ``Embedding.embedding_dim`` and an attention module's ``num_heads``. Example::
 
     >>> small = remove_pruned(model, g, keep)       # model itself is untouched
@@ -25,6 +25,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten
 
 from ..errors import TraceError
+from . import masked_norm
 from .masks import get_tensor
 from .pruning_graph import PruningGraph
 from .types import PruningGraphError, Structure
@@ -64,7 +65,7 @@ def _fix_module(mod: nn.Module, fixed: dict[str, int]) -> None:
         ref = mod.weight if mod.weight is not None else mod.running_mean
         if ref is not None:
             mod.num_features = ref.shape[0]
-    elif isinstance(mod, nn.LayerNorm) and mod.weight is not None:
+    elif isinstance(mod, (nn.LayerNorm, nn.RMSNorm)) and mod.weight is not None:
         mod.normalized_shape = tuple(mod.weight.shape)
     elif isinstance(mod, nn.GroupNorm) and mod.weight is not None:
         mod.num_channels = mod.weight.shape[0]
@@ -101,6 +102,8 @@ def remove_pruned(model: nn.Module, graph: PruningGraph, keep: Any) -> nn.Module
         touched.setdefault(path, {})[attr] = value
     for path, fixed in touched.items():
         _fix_module(small.get_submodule(path), fixed)
+    for path, *_ in graph._channel.norms:  # its statistics now run over the kept channels themselves
+        masked_norm.clear(small.get_submodule(path))
     _check_runs(small, graph, model.training)
     return small
 

@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..graph import apply_masks, unit_masks
+from ..graph import apply_masks, release_norms, unit_masks
 from ..graph.masks import get_tensor
 from ..graph_cost import predict
 from .base import Pruner, register
@@ -110,6 +110,7 @@ class AcdcPruner(Pruner):
             for name, (where, values) in self._saved.items():
                 t = get_tensor(self.model, name)
                 t[where.to(t.device)] = values.to(t.device, t.dtype)
+        release_norms(self.model, self.graph)  # dense again: norms see every channel
         self.keep, self._saved = None, {}
 
     def _restorable(self, keep: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -50,6 +50,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ..errors import BudgetError, PrunerConfigError
+from ..graph import masked_norm, norm_weights
 from ..graph_cost import predict
 from .base import Pruner, get_pruner, register
 from .problem import MethodConfig
@@ -319,6 +320,7 @@ class DecayPruning(Pruner):
             self._decay_step()
         else:  # decay done, mask phase not over: hold the decayed units at zero
             self.entries.scale(torch.where(self.status == _DECAYING, 0.0, 1.0).double())
+            self._norm_statistics()
 
     def _before_finalize(self) -> None:
         if not self.decided:
@@ -383,6 +385,17 @@ class DecayPruning(Pruner):
         if self.k < self.steps:  # a unit released at the last step could not be replaced in time
             self._rectify(self.entries.norms())
         self._rescale(self._targets(self.k))
+        self._norm_statistics()
+
+    def _norm_statistics(self) -> None:
+        """A LayerNorm over decaying channels weighs them in its statistics by the share of their norm
+        left ((N − k) / (N − start)), so it stops counting them as their values reach zero."""
+        if self.graph.structure is not Structure.CHANNEL or not self.graph._channel.norms:
+            return
+        left = ((self.steps - self.k) / (self.steps - self.start_step).double()).clamp(0.0, 1.0)
+        share = torch.where(self.status == _DECAYING, left, torch.ones_like(left)).float()
+        for path, w in norm_weights(self.graph, share).items():
+            masked_norm.set_weights(self.model.get_submodule(path), w)
 
     def _rescale(self, targets: torch.Tensor) -> None:
         """x ← x*·L/‖x*‖ for every decaying unit; repeated while shared entries pull norms off schedule."""

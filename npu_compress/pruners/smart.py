@@ -47,9 +47,11 @@ from .importance import output_side_tables, unit_sq_norms
 from .smart_start import norm_safe_tables, starting_logits
 from .select import mandatory_keep, measure, select_prefix
 from .topk import soft_topk, soft_topk_groups, solve_threshold
+from ..graph import masked_norm, norm_weights
 from ..graph.types import Structure
 
 _FRACTIONAL = (0.05, 0.95)
+_NORM = "norm:"  # mask cache key prefix of a norm's statistics weights
 
 
 class _SoftMask(nn.Module):
@@ -169,6 +171,8 @@ class SmartPruner(Pruner):
             owner, _, attr = name.rpartition(".")
             parametrize.register_parametrization(self.model.get_submodule(owner), attr, _SoftMask(self, name),
                                                  unsafe=True)
+        for path in self._norm_paths():  # a LayerNorm over masked channels: statistics weighted by f
+            masked_norm.set_weights(self.model.get_submodule(path), lambda key=_NORM + path: self.mask_for(key))
 
     def _detach(self) -> None:
         """Remove the soft masks: parameters are W again (not W ⊙ f)."""
@@ -178,7 +182,12 @@ class SmartPruner(Pruner):
         for name in self._tables:
             owner, _, attr = name.rpartition(".")
             parametrize.remove_parametrizations(self.model.get_submodule(owner), attr, leave_parametrized=False)
+        for path in self._norm_paths():
+            masked_norm.clear(self.model.get_submodule(path))
         self._tables = {}
+
+    def _norm_paths(self) -> list[str]:
+        return [path for path, *_ in self.graph._channel.norms] if self.graph._channel is not None else []
 
     # -- soft masks ----------------------------------------------------------------------
     def parameters(self) -> list[nn.Parameter]:
@@ -259,6 +268,7 @@ class SmartPruner(Pruner):
                     part = vec.view(view)
                 mask = part if mask is None else mask * part
             out[name] = mask
+        out.update({_NORM + path: w for path, w in norm_weights(self.graph, f).items()})
         return out
 
     # -- schedule --------------------------------------------------------------------------

@@ -133,3 +133,28 @@ def test_base_package_imports_without_the_extra():
             "bad = [m for m in sys.modules if m.split('.')[0] in ('executorch', 'ethosu', 'tosa_serializer')]; "
             "sys.exit(1 if bad else 0)")
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@needs_extra
+def test_every_delegated_partition_is_in_the_vela_figures():
+    """An op the Arm backend cannot delegate (sort) splits the program into two NPU partitions with the
+    op on the host between them; Vela compiles each, and the report adds both up (it once showed the
+    last partition only, a third of EfficientViT-b0)."""
+    from npu_compress.export.ethos_u import vela_estimate
+
+    class Split(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(16, 16, 3, padding=1)
+
+        def forward(self, x):
+            y = torch.relu(self.a(x))
+            return torch.relu(self.b(torch.sort(y, dim=1)[0]))
+
+    tool = nc.load_profile("ethos-u55-128").toolchain
+    x = torch.randn(1, 8, 16, 16)
+    split = vela_estimate(Split().eval(), x, tool)
+    assert split.partitions == 2 and not split.fully_delegated
+    assert any("sort" in op for op in split.host_operators)
+    convs = [o for o in split.operators if o.original == "Conv2D"]
+    assert len(convs) == 2 and split.total_cycles >= sum(o.cycles for o in convs)

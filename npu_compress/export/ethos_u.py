@@ -39,7 +39,7 @@ from ..io import check_output, write_atomic
 from .agreement import AgreementResult, IntGate, check_agreement
 from .job import RANDOM_CHECK_SAMPLES, as_dataset, job_from, random_inputs
 from .quantize import Calibration
-from .vela_report import VelaReport, read_vela_output
+from .vela_report import VelaReport, merge_reports, read_vela_output
 
 log = logging.getLogger(__name__)
 INSTALL_HINT = "pip install -e '.[ethos-u]' (ExecuTorch's Arm backend with Vela and tosa-tools)"
@@ -256,8 +256,9 @@ def _lower(quantized: torch.fx.GraphModule, example: torch.Tensor, tool) -> tupl
     with tempfile.TemporaryDirectory(prefix="npu_compress_vela_") as tmp:
         spec = _compile_spec(tool, tmp)
         vela_out = io.StringIO()
+        reports: list[VelaReport] = []
         try:
-            with _quiet(), contextlib.redirect_stdout(vela_out):
+            with _quiet(), contextlib.redirect_stdout(vela_out), _each_partition(reports):
                 exported = torch.export.export(quantized, (example,))
                 edge = to_edge_transform_and_lower(exported, partitioner=[EthosUPartitioner(spec)],
                                                    compile_config=EdgeCompileConfig(_check_ir_validity=False))
@@ -266,9 +267,31 @@ def _lower(quantized: torch.fx.GraphModule, example: torch.Tensor, tool) -> tupl
             raise EthosUError(f"ExecuTorch / Vela could not compile the model for {tool.vela_accelerator}: "
                               f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
         log.debug("Vela output:\n%s", vela_out.getvalue())
-        vela = read_vela_output(Path(tmp) / "output")
         outside = _outside_delegate(edge.exported_program().graph_module)
-        return program.buffer, vela, outside
+        return program.buffer, merge_reports(reports, outside), outside
+
+
+@contextlib.contextmanager
+def _each_partition(reports: list[VelaReport]):
+    """Read Vela's report after each of its compiles: ExecuTorch compiles every delegated subgraph
+    separately into the same folder, so reading it once at the end would see the last partition only."""
+    from executorch.backends.arm.ethosu import backend
+
+    original = backend.vela_compile
+
+    def compile_and_read(*args, **kwargs):
+        result = original(*args, **kwargs)
+        folder = kwargs.get("intermediate_path")
+        if folder is None:
+            raise EthosUError("Vela ran without an intermediate folder: its report cannot be read")
+        reports.append(read_vela_output(Path(folder) / "output"))
+        return result
+
+    backend.vela_compile = compile_and_read
+    try:
+        yield
+    finally:
+        backend.vela_compile = original
 
 
 def _outside_delegate(graph_module: torch.fx.GraphModule) -> list[str]:

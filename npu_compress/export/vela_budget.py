@@ -122,7 +122,12 @@ def judge_budget(model: nn.Module, example: torch.Tensor, profile: HardwareProfi
     prune = prune or _magnitude
     clock = profile.compute.clock_hz
     model = model.eval()
-    vela_dense = vela_estimate(model, example, profile.toolchain).latency_s(clock)
+    dense_report = vela_estimate(model, example, profile.toolchain)
+    if not dense_report.fully_delegated:
+        log.warning("judge: %d compute op(s) of the model run on the host CPU, outside Vela's view; the "
+                    "budget is judged on the NPU partitions only",
+                    len(dense_report.host_operators) + len(dense_report.cpu_operators))
+    vela_dense = dense_report.latency_s(clock)
     target = budget.value * vela_dense if budget.relative else budget.value
     if target >= vela_dense:  # nothing to remove in Vela's terms
         dense = JudgeStep(1.0, math.nan, vela_dense, vela_dense / target)

@@ -46,6 +46,15 @@ class VelaReport:
     encoded_weight_bytes: int  # weights after Vela's lossless compression
     original_weight_bytes: int
     operators: tuple[VelaOperator, ...] = field(default_factory=tuple)
+    partitions: int = 1  # Vela compiles, one per delegated subgraph (merge_reports adds them up)
+    # compute ops ExecuTorch kept outside every delegate: they run on the host CPU and Vela never sees
+    # them, so its cycles cover the NPU partitions only
+    host_operators: tuple[str, ...] = ()
+
+    @property
+    def fully_delegated(self) -> bool:
+        """Every compute op runs on the NPU: Vela's figures are the whole model's."""
+        return not self.host_operators and not self.cpu_operators
 
     @property
     def cpu_operators(self) -> list[str]:
@@ -61,9 +70,24 @@ class VelaReport:
                 "memory_mode": self.memory_mode, "clock_hz": self.clock_hz, "total_cycles": self.total_cycles,
                 "npu_cycles": self.npu_cycles, "sram_bytes": self.sram_bytes, "flash_bytes": self.flash_bytes,
                 "encoded_weight_bytes": self.encoded_weight_bytes, "original_weight_bytes": self.original_weight_bytes,
-                "cpu_operators": self.cpu_operators,
+                "cpu_operators": self.cpu_operators, "partitions": self.partitions,
+                "host_operators": list(self.host_operators),
                 "operators": [{"name": o.name, "original": o.original, "target": o.target, "cycles": o.cycles,
                                "npu_cycles": o.npu_cycles, "macs": o.macs} for o in self.operators]}
+
+
+def merge_reports(reports: list[VelaReport], host_operators: list[str] | tuple[str, ...] = ()) -> VelaReport:
+    """One report for a program ExecuTorch split into several delegated partitions (each compiled by
+    Vela on its own): cycles, flash and weights add up, SRAM is the largest arena (partitions run one
+    after another), operators in order."""
+    if not reports:
+        raise VelaOutputError("Vela compiled no partition (nothing was delegated to the NPU)")
+    first = reports[0]
+    return VelaReport(first.accelerator, first.system_config, first.memory_mode, first.clock_hz,
+                      sum(r.total_cycles for r in reports), sum(r.npu_cycles for r in reports),
+                      max(r.sram_bytes for r in reports), sum(r.flash_bytes for r in reports),
+                      sum(r.encoded_weight_bytes for r in reports), sum(r.original_weight_bytes for r in reports),
+                      tuple(o for r in reports for o in r.operators), len(reports), tuple(host_operators))
 
 
 def _rows(path: Path) -> list[dict[str, str]]:

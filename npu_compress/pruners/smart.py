@@ -51,6 +51,7 @@ from ..graph import masked_norm, norm_weights
 from ..graph.types import Structure
 
 _FRACTIONAL = (0.05, 0.95)
+_F_FLOOR = 1e-8  # soft mask factors below this are 0 (subnormal floats are slow on CPUs; see soft_keep)
 _NORM = "norm:"  # mask cache key prefix of a norm's statistics weights
 
 
@@ -228,7 +229,15 @@ class SmartPruner(Pruner):
         return tables, {}
 
     def soft_keep(self) -> torch.Tensor:
-        """f, (n_units,): the current soft mask."""
+        """f, (n_units,): the current soft mask. Factors below ``_F_FLOOR`` are exactly 0: a unit far
+        below the threshold has f ~ 1e-40 at low τ, a subnormal float, and every activation and
+        gradient it scales is subnormal too, which x86 CPUs compute up to 100x slower (measured: a
+        ResNet-50 SMART step 1.64x a plain one with them, 1.0x with the CPU flushing them to zero).
+        Its gradient, ~f / τ, was negligible anyway."""
+        f = self._soft_keep()
+        return torch.where(f < _F_FLOOR, torch.zeros_like(f), f)
+
+    def _soft_keep(self) -> torch.Tensor:
         m = self.logits
         if self.graph.structure is not Structure.NM:
             free = self._free.to(m.device)

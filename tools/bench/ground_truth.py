@@ -77,8 +77,13 @@ def _vela_figures(model: nn.Module, x: torch.Tensor, profile: HardwareProfile) -
     from npu_compress.export.ethos_u import vela_estimate
 
     report = vela_estimate(model, x, profile.toolchain)
+    if not report.fully_delegated:  # Vela's cycles would cover the NPU partitions only, ours the whole model
+        host = list(report.host_operators) + report.cpu_operators
+        raise CompileFailure(f"not fully on the NPU: {len(host)} compute op(s) run on the host CPU "
+                             f"({', '.join(sorted({h.split(' ')[0] for h in host})[:6])}), "
+                             f"{report.partitions} Vela partition(s)")
     return {"measured_s": report.latency_s(profile.compute.clock_hz), "vela_cycles": report.total_cycles,
-            "cpu_operators": report.cpu_operators}
+            "partitions": report.partitions}
 
 
 def _isolated(fn: Callable[..., Any], args: tuple, cap_s: float) -> Any:

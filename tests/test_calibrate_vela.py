@@ -55,3 +55,26 @@ def test_cli_calibrate_vela_needs_an_ethos_profile(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "names no Ethos-U accelerator" in err[0]
     assert not (tmp_path / "x.toml").exists()
+
+
+@needs_extra
+def test_transformer_ops_are_calibrated_on_vela_and_attention_is_summed():
+    """Token linears pair one to one with Vela's Conv2D; attention and LayerNorm, which Vela lowers
+    into many operators, are paired with the sum of them. On the U55 attention costs tens of times its
+    MAC-array ideal and a token linear about its ideal: the classes must come apart."""
+    from npu_compress.hardware.calibrate_vela import transformer_probes
+
+    grid = [p for p in transformer_probes(quick=True)
+            if p.label in ("tokens 16x64->64", "tokens 16x192->192", "tokens 64x128->256", "attention 1x16x32",
+                           "attention 3x16x32", "attention 1x64x32", "layernorm 16x64", "layernorm 64x64",
+                           "layernorm 16x192")]
+    fitted, report = calibrate_vela(load_profile("ethos-u55-128"), grid=grid)
+    assert not report.skipped and len(report.samples) == len(grid)
+    by_class = {f.op_class: f for f in report.fits}
+    assert set(by_class) == {"gemm", "attention", "norm"}
+    attention = [s for s in report.samples if s.op_class == "attention"]
+    assert all("MatMul" in s.vela_op and s.vela_npu_cycles > 20 * s.ideal_cycles for s in attention)
+    gemm = [s for s in report.samples if s.op_class == "gemm"]
+    assert all(s.vela_op == "Conv2D" and s.vela_npu_cycles < 5 * s.ideal_cycles for s in gemm)
+    assert by_class["attention"].efficiency.compute_scale > 10 * by_class["gemm"].efficiency.compute_scale
+    assert all(f.mape_after < f.mape_before for f in report.fits)

@@ -187,3 +187,30 @@ def test_trace_error_names_input_shape():
 
     with pytest.raises(TraceError, match=r"\(1, 5, 8, 8\)"):
         estimate(nn.Conv2d(3, 8, 3), torch.randn(1, 5, 8, 8), "generic-4tops")
+
+
+def test_linear_over_rows_is_gemm_attention_its_own_class_both_fall_back_to_matmul():
+    import torch.nn.functional as F
+
+    from npu_compress.hardware.cost import op_class, trace_layers
+    from npu_compress.hardware.profile import ClassEfficiency, Efficiency
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.tokens, self.head = nn.Linear(16, 16), nn.Linear(16, 4)
+
+        def forward(self, x):  # (1, 8, 16)
+            q = self.tokens(x).view(1, 8, 2, 8).transpose(1, 2)
+            y = F.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(1, 8, 16)
+            return self.head(y.mean(1))
+
+    x = torch.randn(1, 8, 16)
+    classes = {s.name: op_class(s) for s in trace_layers(Block(), (x,)) if s.kind.uses_mac_array}
+    assert sorted(classes.values()) == ["attention", "gemm", "matmul"]
+    assert classes["tokens"] == "gemm" and classes["head"] == "matmul"
+    matmul = ClassEfficiency(3.0, 0.5, 10.0)
+    eff = Efficiency((("matmul", matmul),))
+    assert eff.of("gemm") == eff.of("attention") == matmul  # a profile that did not measure them apart
+    split = Efficiency((("matmul", matmul), ("gemm", ClassEfficiency(1.1, 1.2, 800.0))))
+    assert split.of("gemm").compute_scale == 1.1 and split.of("attention") == matmul

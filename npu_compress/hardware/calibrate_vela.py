@@ -34,7 +34,8 @@ from .profile import HardwareProfile
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
-_EDGE_OPS = ("Transpose",)  # layout changes ExecuTorch inserts at the program's inputs / outputs
+# layout changes ExecuTorch inserts at the program's inputs / outputs, and the reshapes around them
+_EDGE_OPS = ("Transpose", "Reshape")
 TILE_IN_CANDIDATES = (8, 16, 32)  # input-channel granules the compiler may charge (Ethos-U IFM blocks)
 
 
@@ -77,11 +78,49 @@ class _Linear(nn.Module):
         return self.fc(x)
 
 
+class _Tokens(nn.Module):
+    """A transformer's token projection: a linear over (1, N, C), a ``gemm`` (Vela: a 1x1 Conv2D)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.fc = nn.Linear(c_in, c_out)
+
+    def forward(self, x):  # (1, N, C)
+        return self.fc(x)
+
+
+class _Attention(nn.Module):
+    """Scaled dot-product attention over (1, N, heads * d), heads split and merged as timm does."""
+
+    def __init__(self, heads: int, d: int):
+        super().__init__()
+        self.heads, self.d = heads, d
+
+    def forward(self, x):  # (1, N, heads * d)
+        b, n, c = x.shape
+        q = x.view(b, n, self.heads, self.d).transpose(1, 2)
+        return torch.nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(b, n, c)
+
+
+class _TokenNorm(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x):  # (1, N, C)
+        return self.norm(x)
+
+
 @dataclass(frozen=True)
 class Probe:
+    """One probe model. ``summed``: Vela lowers its one priced layer into several operators (attention:
+    two MatMuls and a decomposed softmax; LayerNorm: reductions, rescales, a table); their cycles,
+    with the layout transposes around them, which our cost model leaves to the layer, are summed."""
+
     label: str
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
+    summed: bool = False
 
 
 def probes(quick: bool = False) -> list[Probe]:
@@ -106,6 +145,21 @@ def probes(quick: bool = False) -> list[Probe]:
         out.append(Probe(f"conv1x1 {c}->{2 * c} @16", lambda c=c: _Conv(c, 2 * c, 1), (1, c, 16, 16)))
     for n_in, n_out in ((64, 10), (128, 128), (256, 64), (512, 256)):
         out.append(Probe(f"linear {n_in}->{n_out}", lambda a=n_in, b=n_out: _Linear(a, b), (1, n_in)))
+    out += transformer_probes(quick)
+    return out
+
+
+def transformer_probes(quick: bool = False) -> list[Probe]:
+    """Token linears (``gemm``), attention and LayerNorm over (1, N, C): what ViT-style models run."""
+    tokens = (16, 64) if quick else (16, 49, 64, 196)
+    out = []
+    for n, (a, b) in itertools.product(tokens, ((64, 64), (192, 192), (192, 768), (768, 192), (128, 256))):
+        out.append(Probe(f"tokens {n}x{a}->{b}", lambda a=a, b=b: _Tokens(a, b), (1, n, a)))
+    for heads, n, d in itertools.product((1, 3, 4), tokens[:3], (32, 64)):
+        out.append(Probe(f"attention {heads}x{n}x{d}", lambda h=heads, d=d: _Attention(h, d), (1, n, heads * d),
+                         summed=True))
+    for n, c in itertools.product(tokens, (64, 192)):
+        out.append(Probe(f"layernorm {n}x{c}", lambda c=c: _TokenNorm(c), (1, n, c), summed=True))
     return out
 
 
@@ -160,6 +214,14 @@ def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
     """Our costed layers and Vela's operators, in order; [] when they do not pair up one to one."""
     model = probe.build().eval()
     layers = [s for s in trace_layers(model, (torch.zeros(probe.input_shape),)) if not s.fused]
+    if probe.summed:
+        priced = [s for s in layers if op_class(s) != "move"]
+        if len(priced) != 1:
+            return []
+        spec, npu = priced[0], sum(o.npu_cycles for o in operators)
+        by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
+        return [Sample(probe.label, op_class(spec), "+".join(dict.fromkeys(o.original for o in operators)),
+                       ideal_cycles(spec, profile), spec.out_elems, npu, sum(o.cycles for o in operators), by_tile)]
     vela = [o for o in operators if o.original not in _EDGE_OPS and o.cycles > 0]
     if len(layers) != len(vela):
         return []

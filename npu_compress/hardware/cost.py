@@ -204,7 +204,11 @@ def op_class(spec: LayerSpec) -> str:
     """The profile's ``[efficiency]`` class of a layer (see :data:`OP_CLASSES`)."""
     if spec.kind == OpKind.CONV:
         return "depthwise" if spec.depthwise else "grouped" if spec.groups > 1 else "conv"
-    if spec.kind in (OpKind.LINEAR, OpKind.MATMUL, OpKind.ATTENTION):
+    if spec.kind == OpKind.ATTENTION:
+        return "attention"
+    if spec.kind == OpKind.LINEAR and spec.spatial > 1:
+        return "gemm"  # a linear over many rows (tokens, pixels); one row (a classifier's input): matmul
+    if spec.kind in (OpKind.LINEAR, OpKind.MATMUL):
         return "matmul"
     if spec.kind == OpKind.ELEMENTWISE and spec.op in TRANSCENDENTAL:
         return "activation"

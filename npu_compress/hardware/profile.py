@@ -96,7 +96,8 @@ class Overhead:
     layer_cycles: int = key(min=0)  # fixed cycles per executed layer (command setup, DMA start)
 
 
-OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "elementwise", "activation", "pool", "norm", "move")
+OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "gemm", "attention", "elementwise", "activation", "pool", "norm",
+              "move")
 
 
 @dataclass(frozen=True)
@@ -123,8 +124,12 @@ _CLASS_DEFAULTS = {"move": ClassEfficiency(compute_scale=0.0, elem_cycles=0.0, o
 
 
 # a class a profile does not fit falls back to a broader one: transcendental activations (GELU,
-# sigmoid, softmax ...) run like any elementwise op unless measured apart
-_CLASS_FALLBACK = {"activation": "elementwise"}
+# sigmoid, softmax ...) run like any elementwise op unless measured apart; a linear over many rows
+# (``gemm``: a transformer's token projections, a 1x1 conv by another name) and attention (QK^T,
+# softmax, AV as one op) run like a matmul unless measured apart. On Ethos-U they differ by orders of
+# magnitude: Vela lowers a token linear to an efficient Conv2D, a one-row linear streams its weights
+# once, and attention becomes two MatMuls plus a decomposed softmax at ~100x their MAC-array ideal.
+_CLASS_FALLBACK = {"activation": "elementwise", "gemm": "matmul", "attention": "matmul"}
 
 
 def class_default(op_class: str) -> ClassEfficiency:
@@ -144,7 +149,7 @@ class Efficiency:
         """The efficiency of an op: its own entry (elementwise ops measured one by one), else its
         class's, else the class it falls back to, else the peak-rate model."""
         classes = dict(self.classes)
-        if op is not None and op in classes:
+        if op is not None and op not in OP_CLASSES and op in classes:  # the op "matmul" is not the class
             return classes[op]
         if op_class not in classes and op_class in _CLASS_FALLBACK:
             op_class = _CLASS_FALLBACK[op_class]

@@ -68,7 +68,6 @@ import copy
 import importlib.metadata
 import json
 import multiprocessing
-import os
 import resource
 import sys
 import tempfile

@@ -78,3 +78,23 @@ def test_transformer_ops_are_calibrated_on_vela_and_attention_is_summed():
     assert all(s.vela_op == "Conv2D" and s.vela_npu_cycles < 5 * s.ideal_cycles for s in gemm)
     assert by_class["attention"].efficiency.compute_scale > 10 * by_class["gemm"].efficiency.compute_scale
     assert all(f.mape_after < f.mape_before for f in report.fits)
+
+
+@needs_extra
+def test_channel_shuffle_is_priced_from_the_transposes_vela_adds():
+    """A channel shuffle becomes several Transposes mixed with the program's own edge transposes:
+    it is paired with the cycles it adds over the same model without it, fitted as the op family
+    ``permute`` (every layout permutation) while the rest of ``move`` (a concat: Vela writes its
+    inputs in place) keeps its free default."""
+    profile = load_profile("ethos-u55-128")
+    grid = [p for p in probes() if p.label.startswith("channel shuffle")][:3]
+    assert len(grid) == 3 and all(p.reference is not None for p in grid)
+    fitted, report = calibrate_vela(profile, grid=grid)
+    assert not report.skipped and len(report.samples) == 3
+    assert all(s.op == "permute" and s.op_class == "move" and s.vela_op == "Transpose" for s in report.samples)
+    # a transpose costs Vela about a cycle per element moved: far above the free "move" default
+    assert all(s.vela_npu_cycles > 0.5 * s.out_elems for s in report.samples)
+    (f,) = report.fits
+    assert f.op_class == "permute" and f.samples == 3 and f.mape_after < f.mape_before
+    assert fitted.efficiency.of("move", "permute") == f.efficiency
+    assert fitted.efficiency.of("move", "cat") == profile.efficiency.of("move", "cat")

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -214,3 +215,35 @@ def test_linear_over_rows_is_gemm_attention_its_own_class_both_fall_back_to_matm
     assert eff.of("gemm") == eff.of("attention") == matmul  # a profile that did not measure them apart
     split = Efficiency((("matmul", matmul), ("gemm", ClassEfficiency(1.1, 1.2, 800.0))))
     assert split.of("gemm").compute_scale == 1.1 and split.of("attention") == matmul
+
+
+def test_channel_shuffle_both_spellings_priced_as_one_permute_and_a_concat_stays_free():
+    """Every layout permutation is the op family "permute": nn.ChannelShuffle and the
+    view -> transpose -> reshape spelling cost the same, from the profile's ``permute_*`` entry
+    (Vela runs a transpose as an operator of its own), while a concat keeps the free ``move`` default."""
+    from npu_compress.hardware.profile import ClassEfficiency, Efficiency
+
+    class Spelled(nn.Module):
+        def forward(self, x):
+            b, c, h, w = x.shape
+            return x.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+    class Cat(nn.Module):
+        def forward(self, x):
+            return torch.cat([x, x], 1)
+
+    shipped = load_profile("ethos-u55-128")
+    base = dataclasses.replace(shipped, efficiency=Efficiency(tuple(
+        (k, v) for k, v in shipped.efficiency.classes if k != "permute")))
+    permute = ClassEfficiency(0.001, 1.5, 200.0)
+    p = dataclasses.replace(base, efficiency=Efficiency(base.efficiency.classes + (("permute", permute),)))
+    x = torch.randn(1, 16, 16, 16)
+    costs = [estimate(nn.Sequential(nn.Conv2d(16, 16, 1), m), x, p).layers[1] for m in (Spelled(), nn.ChannelShuffle(2))]
+    assert [c.kind for c in costs] == [OpKind.MOVE] * 2
+    assert costs[0].latency_s == pytest.approx(costs[1].latency_s, rel=1e-12)
+    cycles = costs[0].latency_s * p.compute.clock_hz
+    assert cycles == pytest.approx(1.5 * 16 * 16 * 16 + 200.0, rel=0.02)  # elem_cycles x elements + overhead
+    without = estimate(nn.Sequential(nn.Conv2d(16, 16, 1), Spelled()), x, base).layers[1].latency_s
+    assert without < 0.1 * costs[0].latency_s  # before the entry a permute was priced as the free move class
+    (cat,) = [c for c in estimate(Cat(), x, p).layers]
+    assert cat.latency_s == estimate(Cat(), x, base).layers[0].latency_s

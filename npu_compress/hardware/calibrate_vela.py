@@ -30,7 +30,8 @@ from torch import nn
 
 from .cost import op_class, trace_layers
 from .efficiency_fit import ClassFit, efficiency_of, fit_classes, fits_table, ideal_cycles
-from .profile import HardwareProfile
+from .ops import canonical
+from .profile import OP_CLASSES, HardwareProfile
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
@@ -102,6 +103,21 @@ class _Attention(nn.Module):
         return torch.nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(b, n, c)
 
 
+class _Shuffled(nn.Module):
+    """1x1 conv -> ReLU, then (``shuffle``) ShuffleNet's channel shuffle: view, transpose, reshape."""
+
+    def __init__(self, c: int, shuffle: bool = True):
+        super().__init__()
+        self.conv, self.shuffle = nn.Conv2d(c, c, 1), shuffle
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        if not self.shuffle:
+            return y
+        b, c, h, w = y.shape
+        return y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+
+
 class _TokenNorm(nn.Module):
     def __init__(self, c: int):
         super().__init__()
@@ -121,6 +137,9 @@ class Probe:
     build: Callable[[], nn.Module]
     input_shape: tuple[int, ...]
     summed: bool = False
+    # the same model without the op measured: Vela's cycles of the op are the difference (a layout
+    # permutation becomes several Transposes mixed with the program's own edge transposes)
+    reference: Callable[[], nn.Module] | None = None
 
 
 def probes(quick: bool = False) -> list[Probe]:
@@ -146,6 +165,9 @@ def probes(quick: bool = False) -> list[Probe]:
     for n_in, n_out in ((64, 10), (128, 128), (256, 64), (512, 256)):
         out.append(Probe(f"linear {n_in}->{n_out}", lambda a=n_in, b=n_out: _Linear(a, b), (1, n_in)))
     out += transformer_probes(quick)
+    for c, hw in ((16, 8), (16, 16), (24, 16), (32, 16), (48, 8), (64, 8), (96, 8)) if not quick else ((16, 16), (64, 8)):
+        out.append(Probe(f"channel shuffle {c} @{hw}", lambda c=c: _Shuffled(c), (1, c, hw, hw),
+                         reference=lambda c=c: _Shuffled(c, shuffle=False)))
     return out
 
 
@@ -175,6 +197,7 @@ class Sample:
     vela_npu_cycles: int
     vela_cycles: int
     ideal_by_tile_in: tuple[tuple[int, float], ...] = ()  # ideal cycles if tile_in were each candidate
+    op: str = ""  # our layer's op family (per-op fits: ``permute``)
 
     def ideal(self, tile_in: int) -> float:
         return dict(self.ideal_by_tile_in).get(tile_in, self.ideal_cycles)
@@ -210,10 +233,23 @@ class VelaCalibration:
         return "\n".join(rows)
 
 
-def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
-    """Our costed layers and Vela's operators, in order; [] when they do not pair up one to one."""
+def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> list[Sample]:
+    """Our costed layers and Vela's operators, in order; [] when they do not pair up one to one.
+    With ``reference`` (Vela's operators of ``probe.reference``): the one layer the probe adds, paired
+    with the cycles Vela adds."""
     model = probe.build().eval()
     layers = [s for s in trace_layers(model, (torch.zeros(probe.input_shape),)) if not s.fused]
+    if reference is not None:
+        base = {(s.op, s.in_shape) for s in trace_layers(probe.reference().eval(), (torch.zeros(probe.input_shape),))}
+        added = [s for s in layers if (s.op, s.in_shape) not in base]
+        npu = sum(o.npu_cycles for o in operators) - sum(o.npu_cycles for o in reference)
+        if len(added) != 1 or npu <= 0:
+            return []
+        spec = added[0]
+        by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
+        return [Sample(probe.label, op_class(spec), "Transpose", ideal_cycles(spec, profile), spec.out_elems, npu,
+                       sum(o.cycles for o in operators) - sum(o.cycles for o in reference), by_tile,
+                       canonical(spec.op))]
     if probe.summed:
         priced = [s for s in layers if op_class(s) != "move"]
         if len(priced) != 1:
@@ -221,7 +257,8 @@ def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
         spec, npu = priced[0], sum(o.npu_cycles for o in operators)
         by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
         return [Sample(probe.label, op_class(spec), "+".join(dict.fromkeys(o.original for o in operators)),
-                       ideal_cycles(spec, profile), spec.out_elems, npu, sum(o.cycles for o in operators), by_tile)]
+                       ideal_cycles(spec, profile), spec.out_elems, npu, sum(o.cycles for o in operators), by_tile,
+                       canonical(spec.op))]
     vela = [o for o in operators if o.original not in _EDGE_OPS and o.cycles > 0]
     if len(layers) != len(vela):
         return []
@@ -229,13 +266,17 @@ def _pair(probe: Probe, profile: HardwareProfile, operators) -> list[Sample]:
     for spec, op in zip(layers, vela):
         by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
         out.append(Sample(probe.label, op_class(spec), op.original, ideal_cycles(spec, profile), spec.out_elems,
-                          op.npu_cycles, op.cycles, by_tile))
+                          op.npu_cycles, op.cycles, by_tile, canonical(spec.op)))
     return out
 
 
 def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
-    """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's)."""
-    return fit_classes(samples, profile.overhead.layer_cycles, tile_in or profile.tiling.tile_in)
+    """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's). Data
+    movement per op only (``permute``): the rest of ``move`` (a concat, which Vela writes in place)
+    stays free."""
+    classes = tuple(c for c in OP_CLASSES if c != "move")
+    return fit_classes(samples, profile.overhead.layer_cycles, tile_in or profile.tiling.tile_in, classes,
+                       per_op=("move",))
 
 
 def best_tile_in(samples: list[Sample], profile: HardwareProfile) -> tuple[int, dict[int, float]]:
@@ -268,10 +309,12 @@ def calibrate_vela(profile: HardwareProfile, quick: bool = False, progress: Prog
             progress(i, len(grid), probe.label)
         try:
             report = vela_estimate(probe.build(), torch.zeros(probe.input_shape), tool)
+            reference = None if probe.reference is None else \
+                vela_estimate(probe.reference(), torch.zeros(probe.input_shape), tool).operators
         except EthosUError as e:
             skipped.append(f"{probe.label}: {e}")
             continue
-        paired = _pair(probe, profile, report.operators)
+        paired = _pair(probe, profile, report.operators, reference)
         if not paired:
             skipped.append(f"{probe.label}: Vela operators "
                            f"{[o.original for o in report.operators if o.original not in _EDGE_OPS]} do not pair "

@@ -84,14 +84,16 @@ PER_OP_CLASSES = ("elementwise", "activation")  # classes whose ops may be fitte
 
 
 def fit_classes(samples: Sequence[ClassSample], base_overhead: float, tile_in: int | None = None,
-                classes: Sequence[str] = OP_CLASSES, per_op: bool = False) -> list[ClassFit]:
+                classes: Sequence[str] = OP_CLASSES, per_op: bool | Sequence[str] = False) -> list[ClassFit]:
     """Per op class: efficiency from the samples at ``tile_in`` (default: the samples' own ideal cycles);
     classes without :data:`MIN_SAMPLES` samples keep the peak-rate model. ``per_op``: also fit each
-    elementwise / activation op with enough samples of its own (samples need an ``op``)."""
+    op of these classes (True: elementwise / activation) with enough samples of its own (samples
+    need an ``op``)."""
     groups = [(c, [s for s in samples if s.op_class == c]) for c in classes]
     if per_op:
-        ops = dict.fromkeys(s.op for s in samples if s.op_class in PER_OP_CLASSES)
-        groups += [(op, [s for s in samples if s.op_class in PER_OP_CLASSES and s.op == op]) for op in ops]
+        by_op = PER_OP_CLASSES if per_op is True else tuple(per_op)
+        ops = dict.fromkeys(s.op for s in samples if s.op_class in by_op)
+        groups += [(op, [s for s in samples if s.op_class in by_op and s.op == op]) for op in ops]
     fits = []
     for c, rows in groups:
         if len(rows) < MIN_SAMPLES:

@@ -136,7 +136,9 @@ _SLICES = frozenset({"slice", "narrow"})  # taking part of a tensor
 
 
 # one name for ops the two tracers spell differently (dispatch level: aten._softmax; export: softmax)
-_ALIASES = {"_softmax": "softmax", "_log_softmax": "log_softmax"}
+_ALIASES = {"_softmax": "softmax", "_log_softmax": "log_softmax",
+            # every layout permutation moves each element once: priced as one op family, "permute"
+            **dict.fromkeys(PERMUTE - {"permute"} | {"channel_shuffle", "native_channel_shuffle"}, "permute")}
 
 
 def canonical(name: str) -> str:

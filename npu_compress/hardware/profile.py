@@ -294,10 +294,12 @@ def _check_number(where: str, key: str, v: Any, kind: type, positive: bool = Tru
 
 def efficiency_names() -> tuple[str, ...]:
     """What ``[efficiency]`` keys may start with: an op class, or one elementwise op (its ATen base
-    name) where a judge shows ops of one class cost differently (a GELU is 4x a ReLU on a CPU)."""
+    name) where a judge shows ops of one class cost differently (a GELU is 4x a ReLU on a CPU), or
+    ``permute`` (every layout permutation, channel shuffle included) apart from the rest of ``move``
+    (Vela writes a concat's inputs in place but runs a transpose as its own operator)."""
     from .ops import _ALIASES, BINARY, SOFTMAX, TRANSCENDENTAL, UNARY
 
-    ops = (UNARY | BINARY | TRANSCENDENTAL | SOFTMAX) - set(OP_CLASSES) - set(_ALIASES)
+    ops = (UNARY | BINARY | TRANSCENDENTAL | SOFTMAX | {"permute"}) - set(OP_CLASSES) - set(_ALIASES)
     return OP_CLASSES + tuple(sorted(ops))
 
 

@@ -97,11 +97,13 @@ class HandWrittenLinear(nn.Module):
 PATTERNS = [AutocastOff, LayerScaleAfterPermute, ConvNeXtBlock, LinearAttention, HandWrittenLinear]
 
 
-def _priced_moves(name="ethos-u55-128"):
-    """A profile that prices data movement and unfused elementwise ops (as a CPU runtime does)."""
+def _priced_moves(name="ethos-u55-128", priced=True):
+    """A profile that prices data movement and unfused elementwise ops (as a CPU runtime does); or
+    (``priced=False``) prices no data movement at all, the layout permutations included."""
     p = load_profile(name)
-    classes = dict(p.efficiency.classes)
-    classes["move"] = ClassEfficiency(compute_scale=0.0, elem_cycles=1.0, overhead_cycles=100.0)
+    classes = {k: v for k, v in p.efficiency.classes if k != "permute"}
+    if priced:
+        classes["move"] = ClassEfficiency(compute_scale=0.0, elem_cycles=1.0, overhead_cycles=100.0)
     return dataclasses.replace(p, efficiency=Efficiency(tuple(classes.items())))
 
 
@@ -109,7 +111,7 @@ def _priced_moves(name="ethos-u55-128"):
 @pytest.mark.parametrize("cls", PATTERNS, ids=lambda c: c.__name__)
 def test_predict_equals_estimate_on_third_party_patterns(cls, priced):
     torch.manual_seed(0)
-    profile = _priced_moves() if priced else load_profile("ethos-u55-128")
+    profile = _priced_moves(priced=priced)
     model, x = cls().eval(), torch.randn(1, 3, 32, 32)
     g = graph.build(model, (x,), profile)
     # something is prunable in each pattern (the autocast region too); a hand-written matmul with
@@ -136,7 +138,7 @@ def test_autocast_region_is_analysed_op_by_op():
 
 def test_moves_are_free_by_default_and_priced_by_the_profile():
     model, x = ConvNeXtBlock().eval(), torch.randn(1, 3, 32, 32)
-    free = estimate(model, x, "ethos-u55-128")
+    free = estimate(model, x, _priced_moves(priced=False))
     moves = [c for c in free.layers if c.kind == "move"]
     assert [c.op for c in moves] == ["permute", "permute"]
     assert all(c.latency_s == 0 and c.bound == "free" for c in moves)
@@ -168,3 +170,33 @@ def test_one_vocabulary_and_one_normaliser():
     assert OpRecord("cat", "", (t, t), (TensorMeta("b", (1, 16, 4, 4)),)).kind == OpKind.MOVE
     assert OpRecord("t", "", (w,), (TensorMeta("c", (8, 8)),)).kind == OpKind.VIEW  # folded: weights only
     assert OpRecord("clone", "", (t,), (TensorMeta("d", t.shape),)).kind == OpKind.VIEW
+
+
+def test_a_permutation_of_size_1_dims_moves_nothing_and_costs_nothing():
+    """``transpose(1, 2)`` of (B, N, 1, D) (one attention head) is a reshape: no element changes
+    place, so no profile prices it; with 3 heads it is a real transpose. Both tracers agree."""
+
+    class Heads(nn.Module):
+        def __init__(self, heads):
+            super().__init__()
+            self.heads, self.fc = heads, nn.Linear(32 * heads, 32 * heads)
+
+        def forward(self, x):  # (1, N, heads * 32)
+            b, n, c = x.shape
+            q = self.fc(x).view(b, n, self.heads, 32).transpose(1, 2)
+            return torch.nn.functional.scaled_dot_product_attention(q, q, q).transpose(1, 2).reshape(b, n, c)
+
+    profile = _priced_moves()
+    for heads, moved in ((1, 0), (3, 2)):
+        model, x = Heads(heads).eval(), torch.randn(1, 16, 32 * heads)
+        rep = estimate(model, x, profile)
+        assert len([c for c in rep.layers if c.kind == "move"]) == moved
+        g = graph.build(model, (x,), profile)
+        assert predict(g, torch.ones(g.num_units, dtype=torch.bool), profile).latency_s == pytest.approx(
+            rep.latency_s, rel=1e-9)
+    rec = ops.OpRecord("permute", "", (TensorMeta("a", (1, 1, 8, 4)),), (TensorMeta("b", (1, 8, 1, 4)),),
+                       {"dims": (0, 2, 1, 3)})
+    assert not ops.moves_data(rec) and ops.classify(rec) is OpKind.VIEW
+    rec = ops.OpRecord("transpose", "", (TensorMeta("a", (1, 2, 8, 4)),), (TensorMeta("b", (1, 8, 2, 4)),),
+                       {"dim0": 1, "dim1": -2})
+    assert ops.moves_data(rec) and ops.classify(rec) is OpKind.MOVE

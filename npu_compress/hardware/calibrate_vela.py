@@ -198,13 +198,17 @@ class Sample:
     vela_cycles: int
     ideal_by_tile_in: tuple[tuple[int, float], ...] = ()  # ideal cycles if tile_in were each candidate
     op: str = ""  # our layer's op family (per-op fits: ``permute``)
+    # a summed sample's layout permutations, (ideal cycles, elements) each: our model prices them
+    # as ``permute``, so the fit takes their cycles out of Vela's sum (see :func:`fit`)
+    moved: tuple[tuple[float, int], ...] = ()
+    less: float = 0.0  # cycles taken out of Vela's: the permutations priced apart
 
     def ideal(self, tile_in: int) -> float:
         return dict(self.ideal_by_tile_in).get(tile_in, self.ideal_cycles)
 
     @property
     def measured_cycles(self) -> float:  # what the fit matches: Vela's compute cycles
-        return float(self.vela_npu_cycles)
+        return float(self.vela_npu_cycles) - self.less
 
 
 @dataclass
@@ -256,9 +260,10 @@ def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> 
             return []
         spec, npu = priced[0], sum(o.npu_cycles for o in operators)
         by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
+        moved = tuple((ideal_cycles(s, profile), s.out_elems) for s in layers if canonical(s.op) == "permute")
         return [Sample(probe.label, op_class(spec), "+".join(dict.fromkeys(o.original for o in operators)),
                        ideal_cycles(spec, profile), spec.out_elems, npu, sum(o.cycles for o in operators), by_tile,
-                       canonical(spec.op))]
+                       canonical(spec.op), moved)]
     vela = [o for o in operators if o.original not in _EDGE_OPS and o.cycles > 0]
     if len(layers) != len(vela):
         return []
@@ -273,10 +278,18 @@ def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> 
 def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
     """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's). Data
     movement per op only (``permute``): the rest of ``move`` (a concat, which Vela writes in place)
-    stays free."""
+    stays free. A summed sample (attention: Vela's operators of the whole probe) holds the head split
+    and merge transposes too, which a model prices as ``permute`` layers of their own: their cycles by
+    the ``permute`` fit are taken out of Vela's sum first, so no cycle is priced twice."""
+    tile_in = tile_in or profile.tiling.tile_in
+    moves = fit_classes(samples, profile.overhead.layer_cycles, tile_in, (), per_op=("move",))
+    permute = next((f.efficiency for f in moves if f.op_class == "permute"), None)
+    if permute is not None:
+        samples = [dataclasses.replace(s, less=sum(
+            max(permute.compute_scale * ideal, permute.elem_cycles * elems) + (permute.overhead_cycles or 0.0)
+            for ideal, elems in s.moved)) if s.moved else s for s in samples]
     classes = tuple(c for c in OP_CLASSES if c != "move")
-    return fit_classes(samples, profile.overhead.layer_cycles, tile_in or profile.tiling.tile_in, classes,
-                       per_op=("move",))
+    return fit_classes(samples, profile.overhead.layer_cycles, tile_in, classes) + moves
 
 
 def best_tile_in(samples: list[Sample], profile: HardwareProfile) -> tuple[int, dict[int, float]]:

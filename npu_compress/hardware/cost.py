@@ -223,7 +223,9 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     wbytes = weight_bytes(spec, profile, fmt)
     eff = profile.efficiency.of(op_class(spec), canonical(spec.op))
     fused = spec.fused and (not spec.fused_into or profile.fusion.fuses(spec.op, spec.fused_into))
-    if fused or (spec.kind == OpKind.MOVE and eff == class_default("move")):
+    # a view: a layout permutation that pruning left moving only size-1 dims (ChannelCosts re-derives
+    # a layer's kind with its pruned shapes) moves no element
+    if fused or spec.kind == OpKind.VIEW or (spec.kind == OpKind.MOVE and eff == class_default("move")):
         return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
                          0.0, 0.0, 0.0, Bound.FUSED if fused else Bound.FREE)
     act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes

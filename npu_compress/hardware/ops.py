@@ -159,6 +159,24 @@ def base_name(op: Any) -> str:
     return name[:-1] if name.endswith("_") and not name.endswith("__") else name
 
 
+def moves_data(rec: OpRecord) -> bool:
+    """Whether a layout permutation changes the order of elements in memory: False when the dims it
+    moves past each other are all of size 1 (``transpose(1, 2)`` of (B, N, 1, D) is a reshape).
+    Without the dims recorded (``t``, ``movedim``), True."""
+    shape = rec.activations[0].shape
+    n = len(shape)
+    if "dims" in rec.args:
+        order = [d % n for d in rec.args["dims"]] if n else []
+    elif "dim0" in rec.args and "dim1" in rec.args and n:
+        order = list(range(n))
+        a, b = rec.args["dim0"] % n, rec.args["dim1"] % n
+        order[a], order[b] = order[b], order[a]
+    else:
+        return True
+    kept = [d for d in order if shape[d] != 1]
+    return kept != sorted(kept)
+
+
 def classify(rec: OpRecord) -> OpKind:
     op = rec.op
     if op in CONV or op in CONV_TRANSPOSE:
@@ -175,6 +193,8 @@ def classify(rec: OpRecord) -> OpKind:
         return OpKind.MOVE  # a view in torch, a copy in a runtime (ONNX Slice); free unless priced
     if op in _VIEW or not rec.outputs:
         return OpKind.VIEW
+    if op in PERMUTE and rec.activations and not moves_data(rec):
+        return OpKind.VIEW  # only size-1 dims change place: a reshape, no element moves
     if op in _MOVE:  # a move of parameters only is folded into a constant
         return OpKind.MOVE if rec.activations else OpKind.VIEW
     return OpKind.ELEMENTWISE

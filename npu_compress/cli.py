@@ -38,11 +38,14 @@ DEMO_MODEL = "digits-cnn"
 
 
 def _cmd_calibrate_vela(args: argparse.Namespace) -> int:
-    from .hardware.calibrate_vela import calibrate_vela, with_efficiency
+    from .hardware.calibrate_vela import calibrate_vela, refit_vela, with_efficiency
     from .hardware.profile import profile_path
 
     source = profile_path(args.vela)
-    profile, report = calibrate_vela(load_profile(source), quick=args.quick, progress=_progress)
+    if args.refit:
+        profile, report = refit_vela(load_profile(source), Path(args.refit))
+    else:
+        profile, report = calibrate_vela(load_profile(source), quick=args.quick, progress=_progress)
     return _write_calibrated(args, profile, with_efficiency(source.read_text(encoding="utf-8"), report), report)
 
 
@@ -55,6 +58,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     _check_outputs({"-o/--output": args.output, "--json": args.json}, [])
     if args.vela:
         return _cmd_calibrate_vela(args)
+    if args.refit:
+        raise NpuCompressError("--refit re-fits a Vela calibration: give it with --vela PROFILE")
     if args.provider != "cpu":
         raise NpuCompressError(f"'profiles calibrate' supports --provider cpu only (got '{args.provider}')")
     if args.threads < 1:
@@ -379,6 +384,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--provider", default="cpu", help="calibrate: onnxruntime provider to time (only 'cpu')")
     sp.add_argument("--vela", metavar="PROFILE", help="calibrate: fit this Ethos-U profile's [efficiency] to Arm "
                     "Vela's cycle estimates (needs the ethos-u extra), e.g. --vela ethos-u55-128")
+    sp.add_argument("--refit", metavar="JSON", help="calibrate --vela: fit again from the samples of an earlier "
+                    "run's --json report instead of compiling the probes with Vela")
     sp.add_argument("-o", "--output", help="calibrate: profile TOML to write (atomically)")
     sp.add_argument("--threads", type=int, default=1, help="calibrate: onnxruntime intra-op threads (default 1)")
     sp.add_argument("--quick", action="store_true", help="calibrate: reduced grid (seconds, noisier)")

@@ -98,3 +98,55 @@ def test_channel_shuffle_is_priced_from_the_transposes_vela_adds():
     assert f.op_class == "permute" and f.samples == 3 and f.mape_after < f.mape_before
     assert fitted.efficiency.of("move", "permute") == f.efficiency
     assert fitted.efficiency.of("move", "cat") == profile.efficiency.of("move", "cat")
+
+
+def _saved_report(tmp_path, accelerator="ethos-u55-128"):
+    """A calibration report as 'profiles calibrate --vela --json' writes it, of samples generated from
+    known coefficients (conv 1.4 / 1.5 / 300; attention 150x its ideal, beyond the old fit grid)."""
+    import json
+
+    from npu_compress.hardware.calibrate_vela import VelaCalibration
+
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(12):
+        ideal, elems = float(rng.uniform(1e3, 1e5)), int(rng.integers(500, 50_000))
+        samples.append(Sample(f"p{i}", "conv", "Conv2D", ideal, elems, round(max(1.4 * ideal, 1.5 * elems) + 300), 0,
+                              ((8, ideal), (16, ideal), (32, ideal))))
+    for i in range(6):
+        ideal = float(rng.uniform(1e2, 1e4))
+        samples.append(Sample(f"a{i}", "attention", "MatMul+Table", ideal, 512, round(150 * ideal + 5000), 0,
+                              ((8, ideal), (16, ideal), (32, ideal)), "scaled_dot_product_attention"))
+    path = tmp_path / "fit.json"
+    path.write_text(json.dumps(VelaCalibration(accelerator, "5.1.0", samples, []).to_dict()))
+    return path
+
+
+def test_refit_from_a_saved_report_recovers_the_coefficients_without_vela(tmp_path):
+    out = tmp_path / "u55.toml"
+    code = main(["profiles", "calibrate", "--vela", "ethos-u55-128", "--refit", str(_saved_report(tmp_path)),
+                 "-o", str(out)])
+    assert code == 0
+    fitted = load_profile(str(out))
+    conv, attention = fitted.efficiency.of("conv"), fitted.efficiency.of("attention")
+    assert conv.compute_scale == pytest.approx(1.4, rel=5e-3) and conv.elem_cycles == pytest.approx(1.5, rel=1e-2)
+    assert attention.compute_scale == pytest.approx(150, rel=1e-2)  # over 100: the fit grid reaches 1000
+    assert "measured: Vela 5.1.0, 12 conv operators" in out.read_text()
+    assert fitted.compute == load_profile("ethos-u55-128").compute  # the rest of the profile kept
+
+
+@pytest.mark.parametrize("case,message", [
+    ("other-accelerator", "its samples are of ethos-u65-512"),
+    ("not-json", "not a Vela calibration report"),
+    ("no-vela", "give it with --vela PROFILE"),
+])
+def test_refit_errors_are_one_line_and_write_nothing(tmp_path, capsys, case, message):
+    saved = _saved_report(tmp_path, "ethos-u65-512" if case == "other-accelerator" else "ethos-u55-128")
+    if case == "not-json":
+        saved.write_text("{not json")
+    out = tmp_path / "out.toml"
+    args = ["profiles", "calibrate"] + ([] if case == "no-vela" else ["--vela", "ethos-u55-128"])
+    code = main(args + ["--refit", str(saved), "-o", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert not out.exists()

@@ -21,8 +21,10 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -333,13 +335,39 @@ def calibrate_vela(profile: HardwareProfile, quick: bool = False, progress: Prog
                            f"{[o.original for o in report.operators if o.original not in _EDGE_OPS]} do not pair "
                            "with our layers")
         samples += paired
+    return _fitted(profile, tool.vela_accelerator, version("ethos-u-vela"), samples, skipped)
+
+
+def _fitted(profile: HardwareProfile, accelerator: str, vela_version: str, samples: list[Sample],
+            skipped: list[str]) -> tuple[HardwareProfile, VelaCalibration]:
     tile_in, tile_errors = best_tile_in(samples, profile)
     fits = fit(samples, profile, tile_in)
-    efficiency = efficiency_of(fits)
-    calibration = VelaCalibration(tool.vela_accelerator, version("ethos-u-vela"), samples, fits, skipped, tile_in,
-                                  tile_errors)
+    calibration = VelaCalibration(accelerator, vela_version, samples, fits, skipped, tile_in, tile_errors)
     tiling = dataclasses.replace(profile.tiling, tile_in=tile_in)
-    return dataclasses.replace(profile, efficiency=efficiency, tiling=tiling), calibration
+    return dataclasses.replace(profile, efficiency=efficiency_of(fits), tiling=tiling), calibration
+
+
+def refit_vela(profile: HardwareProfile, saved: Path) -> tuple[HardwareProfile, VelaCalibration]:
+    """Fit ``[efficiency]`` again from the samples of an earlier calibration's ``--json`` report (no Vela
+    compile: seconds, not minutes), e.g. after a change to the fit. The report must be of the
+    profile's own accelerator."""
+    from ..errors import NpuCompressError
+
+    try:
+        data = json.loads(saved.read_text(encoding="utf-8"))
+        accelerator, vela_version = data["accelerator"], data["vela_version"]
+        samples = [Sample(**{**row, "ideal_by_tile_in": tuple(tuple(t) for t in row.get("ideal_by_tile_in", ())),
+                             "moved": tuple(tuple(m) for m in row.get("moved", ())), "less": 0.0})
+                   for row in data["samples"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise NpuCompressError(f"--refit {saved}: not a Vela calibration report written by "
+                               f"'profiles calibrate --vela --json' ({type(e).__name__}: {e})") from None
+    if accelerator != profile.toolchain.vela_accelerator:
+        raise NpuCompressError(f"--refit {saved}: its samples are of {accelerator}, the profile "
+                               f"'{profile.name}' is {profile.toolchain.vela_accelerator or 'no Ethos-U accelerator'}")
+    if not samples:
+        raise NpuCompressError(f"--refit {saved}: the report holds no samples")
+    return _fitted(profile, accelerator, vela_version, samples, list(data.get("skipped", [])))
 
 
 def efficiency_toml(calibration: VelaCalibration) -> str:

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from npu_compress import Budget, BudgetError, WeightFormat, estimate, layer_cost, list_profiles, load_profile
+from npu_compress import Budget, BudgetError, WeightFormat, estimate, graph, layer_cost, list_profiles, load_profile
 
 from npu_compress.hardware.layers import LayerSpec
 from npu_compress.hardware.ops import OpKind
@@ -247,3 +247,30 @@ def test_channel_shuffle_both_spellings_priced_as_one_permute_and_a_concat_stays
     assert without < 0.1 * costs[0].latency_s  # before the entry a permute was priced as the free move class
     (cat,) = [c for c in estimate(Cat(), x, p).layers]
     assert cat.latency_s == estimate(Cat(), x, base).layers[0].latency_s
+
+
+def test_a_conv_strided_beyond_the_chip_limit_runs_once_per_output_position():
+    """Ethos-U (ExecuTorch's U55 lowering) runs a conv with stride > 3 as one operator per output
+    position, each reading all the weights: a ViT's 16x16/16 patch embedding on a 96 px image is 36
+    operators. The cost follows the kept channels in both pricing paths."""
+    from npu_compress.graph_cost import predict
+
+    shipped = load_profile("ethos-u55-128")
+    assert shipped.compute.max_conv_stride == 3
+    unlimited = dataclasses.replace(shipped, compute=dataclasses.replace(shipped.compute, max_conv_stride=0))
+    model = nn.Sequential(nn.Conv2d(3, 64, 16, stride=16), nn.ReLU(), nn.Conv2d(64, 32, 3, stride=2)).eval()
+    x = torch.randn(1, 3, 96, 96)
+    split, whole = estimate(model, x, shipped).layers, estimate(model, x, unlimited).layers
+    clock, bw = shipped.compute.clock_hz, shipped.memory.dram_bandwidth_bytes_per_s
+    overhead = shipped.efficiency.of("conv").overhead_cycles
+    wbytes = split[0].weight_bytes
+    assert split[0].t_memory_s == pytest.approx(36 * wbytes / bw, rel=1e-12)
+    assert split[0].latency_s == pytest.approx(max(split[0].t_compute_s, 36 * wbytes / bw) + 36 * overhead / clock,
+                                               rel=1e-12)
+    assert split[0].latency_s > 20 * whole[0].latency_s
+    assert split[1].latency_s == whole[1].latency_s  # stride 2: one operator
+    g = graph.build(model, (x,), shipped)
+    keep = torch.ones(g.num_units, dtype=torch.bool)
+    keep[: g.num_units // 2] = False
+    small = graph.remove_pruned(model, g, keep)
+    assert predict(g, keep, shipped).latency_s == pytest.approx(estimate(small, x, shipped).latency_s, rel=1e-9)

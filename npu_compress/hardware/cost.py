@@ -215,6 +215,13 @@ def op_class(spec: LayerSpec) -> str:
     return {OpKind.POOL: "pool", OpKind.NORM: "norm", OpKind.MOVE: "move"}.get(spec.kind, "elementwise")
 
 
+def _runs(spec: LayerSpec, profile: HardwareProfile) -> int:
+    """How many operators the chip runs a layer as: a conv strided beyond ``[compute] max_conv_stride``
+    runs once per output position (the Ethos-U55's lowering), anything else once."""
+    limit = profile.compute.max_conv_stride
+    return spec.spatial if spec.kind == OpKind.CONV and limit and spec.stride > limit and spec.spatial > 1 else 1
+
+
 def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DENSE) -> LayerCost:
     """Cost of one layer. Call with ``spec.resized(c_in=..., c_out=...)`` for a pruned layer."""
     clock = profile.compute.clock_hz
@@ -241,6 +248,10 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
     latency = max(t_compute, t_memory) + overhead / clock
+    runs = _runs(spec, profile)
+    if runs > 1:  # one operator per output position, each with all the weights and its own overhead
+        t_memory = runs * (wbytes + spilled / runs) / profile.memory.dram_bandwidth_bytes_per_s
+        latency = max(t_compute, t_memory) + runs * overhead / clock
     return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
                      spilled, t_compute, t_memory, latency, Bound.COMPUTE if t_compute >= t_memory else Bound.MEMORY)
 

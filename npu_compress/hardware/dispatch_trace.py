@@ -17,8 +17,10 @@ from torch.utils._pytree import tree_flatten
 from ..errors import TraceError
 from .ops import OpRecord, TensorMeta, base_name, fold_linear_bias
 
-_INT_ARGS = {"convolution": {8: "groups", 6: "transposed"}, "_convolution": {8: "groups", 6: "transposed"},
-             "conv1d": {6: "groups"}, "conv2d": {6: "groups"}, "conv3d": {6: "groups"},
+_INT_ARGS = {"convolution": {8: "groups", 6: "transposed", 3: "stride"},
+             "_convolution": {8: "groups", 6: "transposed", 3: "stride"},
+             "conv1d": {6: "groups", 3: "stride"}, "conv2d": {6: "groups", 3: "stride"},
+             "conv3d": {6: "groups", 3: "stride"},
              "conv_transpose1d": {6: "groups"}, "conv_transpose2d": {6: "groups"}, "conv_transpose3d": {6: "groups"}}
 
 
@@ -27,7 +29,7 @@ _PERMUTE_ARGS = {"transpose": {1: "dim0", 2: "dim1"}, "swapaxes": {1: "dim0", 2:
 
 
 def op_int_args(op: str, args: Sequence[Any]) -> dict[str, Any]:
-    """The integer arguments the cost model needs (conv groups, transposed; the dims a layout
+    """The integer arguments the cost model needs (conv groups, transposed, stride; the dims a layout
     permutation moves), by position."""
     out: dict[str, Any] = {}
     for pos, key in (_INT_ARGS.get(op) or _PERMUTE_ARGS.get(op) or {}).items():

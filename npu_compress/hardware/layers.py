@@ -41,6 +41,7 @@ class LayerSpec:
     has_bias: bool = False
     in_elems: int = 0  # activation elements read
     out_elems: int = 0  # activation elements written
+    stride: int = 1  # conv: the largest of its spatial strides
     fused: bool = False
     fused_into: Stage | None = None  # a fused elementwise op: the kind of layer it runs in, MAC | ELEMENTWISE
 
@@ -78,8 +79,10 @@ def _conv_spec(rec: OpRecord, base: dict) -> LayerSpec:
     # transposed conv: every input position is multiplied into the kernel window
     spatial = x.shape[0] * _prod(x.shape[2:]) if transposed else out.shape[0] * _prod(out.shape[2:])
     n_params = sum(1 for t in rec.inputs if t.param is not None)
+    stride = rec.args.get("stride", 1)
+    stride = max(stride) if isinstance(stride, tuple) and stride else int(stride) if isinstance(stride, int) else 1
     return LayerSpec(**base, c_in=c_in, c_out=c_out, kernel=_prod(weight.shape[2:]), spatial=spatial,
-                     groups=groups, depthwise=depthwise,
+                     groups=groups, depthwise=depthwise, stride=1 if transposed else stride,
                      weight_param=weight.param, has_bias=n_params > 1)
 
 

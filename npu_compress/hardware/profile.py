@@ -67,6 +67,9 @@ class Compute:
     clock_hz: float = key()
     dtype: DType = key()
     vector_ops_per_cycle: int = key()  # elementwise / pooling throughput, elements per clock
+    # a conv with a larger stride runs as one operator per output position, each reading all of its
+    # weights (0: no limit)
+    max_conv_stride: int = key(0, min=0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -397,6 +397,9 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (export, tracing, Vela's quantizer)")
     ap.add_argument("--json", help="default: bench_results/ground_truth.<judge>.json")
     ap.add_argument("--resume", action="store_true", help="reuse per-model results cached beside --json")
+    ap.add_argument("--combine", nargs="+", metavar="CACHE",
+                    help="no runs: one table of every model in these caches (runs split across processes; "
+                         "a later cache's entry of a model replaces an earlier one's)")
     args = ap.parse_args()
     if args.judge == "both" and (args.profile or args.baseline):
         ap.error("with --judge both give --vela-profile/--vela-baseline and --ort-profile/--ort-baseline")
@@ -409,8 +412,28 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+def combine(paths: list[str], judge: str, out: str) -> None:
+    """One table from the per-model entries of several caches (each entry: one model, one judge)."""
+    by_model: dict[str, dict[str, Any]] = {}
+    for path in paths:
+        for key, entry in json.loads(Path(path).read_text()).items():
+            tag, name = key.split("|")[:2]
+            if tag.split("(")[0] == judge:
+                by_model[name] = entry
+    rows = [r for e in by_model.values() for r in e["rows"]]
+    skips = [s for e in by_model.values() for s in e["skips"]]
+    summ = summary(rows)
+    text = table(judge, rows, summ, skips)
+    print(text)
+    write_json(out, {"machine": machine(), "combined_from": paths, "judges": {judge: {
+        "rows": rows, "skips": skips, "summary": summ, "table": text}}})
+
+
 def main() -> None:
     args = parse_args()
+    if args.combine:
+        combine(args.combine, "vela" if args.judge == "both" else args.judge, args.json)
+        return
     torch.set_num_threads(args.threads)
     names = [n for n in args.models if not (args.zoo_only and zoo.is_third_party(n))]
     cache_path = Path(args.json).with_suffix(".cache.json")

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .cost import op_class, trace_layers
-from .efficiency_fit import ClassFit, efficiency_of, fit_classes, fits_table, ideal_cycles
+from .efficiency_fit import ClassFit, efficiency_of, fit_classes, fits_table, ideal_cycles, roofline_cycles
 from .ops import canonical
 from .profile import OP_CLASSES, HardwareProfile
 
@@ -239,6 +239,14 @@ class VelaCalibration:
         return "\n".join(rows)
 
 
+def _sample(probe: Probe, spec, profile: HardwareProfile, vela_op: str, npu_cycles: int, cycles: int,
+            moved: tuple[tuple[float, int], ...] = ()) -> Sample:
+    """Our layer ``spec`` paired with Vela's cycles for it."""
+    by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
+    return Sample(probe.label, op_class(spec), vela_op, ideal_cycles(spec, profile), spec.out_elems, npu_cycles,
+                  cycles, by_tile, canonical(spec.op), moved)
+
+
 def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> list[Sample]:
     """Our costed layers and Vela's operators, in order; [] when they do not pair up one to one.
     With ``reference`` (Vela's operators of ``probe.reference``): the one layer the probe adds, paired
@@ -251,30 +259,19 @@ def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> 
         npu = sum(o.npu_cycles for o in operators) - sum(o.npu_cycles for o in reference)
         if len(added) != 1 or npu <= 0:
             return []
-        spec = added[0]
-        by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
-        return [Sample(probe.label, op_class(spec), "Transpose", ideal_cycles(spec, profile), spec.out_elems, npu,
-                       sum(o.cycles for o in operators) - sum(o.cycles for o in reference), by_tile,
-                       canonical(spec.op))]
+        return [_sample(probe, added[0], profile, "Transpose", npu,
+                        sum(o.cycles for o in operators) - sum(o.cycles for o in reference))]
     if probe.summed:
         priced = [s for s in layers if op_class(s) != "move"]
         if len(priced) != 1:
             return []
-        spec, npu = priced[0], sum(o.npu_cycles for o in operators)
-        by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
         moved = tuple((ideal_cycles(s, profile), s.out_elems) for s in layers if canonical(s.op) == "permute")
-        return [Sample(probe.label, op_class(spec), "+".join(dict.fromkeys(o.original for o in operators)),
-                       ideal_cycles(spec, profile), spec.out_elems, npu, sum(o.cycles for o in operators), by_tile,
-                       canonical(spec.op), moved)]
+        return [_sample(probe, priced[0], profile, "+".join(dict.fromkeys(o.original for o in operators)),
+                        sum(o.npu_cycles for o in operators), sum(o.cycles for o in operators), moved)]
     vela = [o for o in operators if o.original not in _EDGE_OPS and o.cycles > 0]
     if len(layers) != len(vela):
         return []
-    out = []
-    for spec, op in zip(layers, vela):
-        by_tile = tuple((t, ideal_cycles(spec, profile, t)) for t in TILE_IN_CANDIDATES)
-        out.append(Sample(probe.label, op_class(spec), op.original, ideal_cycles(spec, profile), spec.out_elems,
-                          op.npu_cycles, op.cycles, by_tile, canonical(spec.op)))
-    return out
+    return [_sample(probe, spec, profile, op.original, op.npu_cycles, op.cycles) for spec, op in zip(layers, vela)]
 
 
 def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
@@ -287,9 +284,8 @@ def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = N
     moves = fit_classes(samples, profile.overhead.layer_cycles, tile_in, (), per_op=("move",))
     permute = next((f.efficiency for f in moves if f.op_class == "permute"), None)
     if permute is not None:
-        samples = [dataclasses.replace(s, less=sum(
-            max(permute.compute_scale * ideal, permute.elem_cycles * elems) + (permute.overhead_cycles or 0.0)
-            for ideal, elems in s.moved)) if s.moved else s for s in samples]
+        samples = [dataclasses.replace(s, less=sum(float(roofline_cycles(permute, ideal, elems)) for ideal, elems in s.moved))
+                   if s.moved else s for s in samples]
     classes = tuple(c for c in OP_CLASSES if c != "move")
     return fit_classes(samples, profile.overhead.layer_cycles, tile_in, classes) + moves
 

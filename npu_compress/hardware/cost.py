@@ -246,12 +246,9 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
     t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * spec.out_elems / clock)
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
-    t_memory = (wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
-    latency = max(t_compute, t_memory) + overhead / clock
-    runs = _runs(spec, profile)
-    if runs > 1:  # one operator per output position, each with all the weights and its own overhead
-        t_memory = runs * (wbytes + spilled / runs) / profile.memory.dram_bandwidth_bytes_per_s
-        latency = max(t_compute, t_memory) + runs * overhead / clock
+    runs = _runs(spec, profile)  # each run reads all the weights and pays the per-op overhead
+    t_memory = (runs * wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
+    latency = max(t_compute, t_memory) + runs * overhead / clock
     return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
                      spilled, t_compute, t_memory, latency, Bound.COMPUTE if t_compute >= t_memory else Bound.MEMORY)
 

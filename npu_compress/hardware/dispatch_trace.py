@@ -21,18 +21,16 @@ _INT_ARGS = {"convolution": {8: "groups", 6: "transposed", 3: "stride"},
              "_convolution": {8: "groups", 6: "transposed", 3: "stride"},
              "conv1d": {6: "groups", 3: "stride"}, "conv2d": {6: "groups", 3: "stride"},
              "conv3d": {6: "groups", 3: "stride"},
-             "conv_transpose1d": {6: "groups"}, "conv_transpose2d": {6: "groups"}, "conv_transpose3d": {6: "groups"}}
-
-
-_PERMUTE_ARGS = {"transpose": {1: "dim0", 2: "dim1"}, "swapaxes": {1: "dim0", 2: "dim1"},
-                 "swapdims": {1: "dim0", 2: "dim1"}, "permute": {1: "dims"}}
+             "conv_transpose1d": {6: "groups"}, "conv_transpose2d": {6: "groups"}, "conv_transpose3d": {6: "groups"},
+             "transpose": {1: "dim0", 2: "dim1"}, "swapaxes": {1: "dim0", 2: "dim1"},
+             "swapdims": {1: "dim0", 2: "dim1"}, "permute": {1: "dims"}}
 
 
 def op_int_args(op: str, args: Sequence[Any]) -> dict[str, Any]:
     """The integer arguments the cost model needs (conv groups, transposed, stride; the dims a layout
     permutation moves), by position."""
     out: dict[str, Any] = {}
-    for pos, key in (_INT_ARGS.get(op) or _PERMUTE_ARGS.get(op) or {}).items():
+    for pos, key in _INT_ARGS.get(op, {}).items():
         if pos < len(args) and isinstance(args[pos], (int, bool)):
             out[key] = int(args[pos])
         elif pos < len(args) and isinstance(args[pos], (list, tuple)) and all(isinstance(d, int) for d in args[pos]):

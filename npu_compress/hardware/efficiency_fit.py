@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 
@@ -81,6 +81,12 @@ def fit_roofline(ideal: np.ndarray, elems: np.ndarray, y: np.ndarray) -> tuple[f
     return a, b, c
 
 
+def roofline_cycles(eff: ClassEfficiency, ideal: Any, elems: Any) -> Any:
+    """``max(compute_scale * ideal, elem_cycles * elems) + overhead_cycles``: the cycles ``eff`` gives
+    a layer (arrays or numbers; ``overhead_cycles`` None counts 0)."""
+    return np.maximum(eff.compute_scale * ideal, eff.elem_cycles * elems) + (eff.overhead_cycles or 0.0)
+
+
 PER_OP_CLASSES = ("elementwise", "activation")  # classes whose ops may be fitted one by one
 
 
@@ -107,8 +113,7 @@ def fit_classes(samples: Sequence[ClassSample], base_overhead: float, tile_in: i
         # the fit minimises squared relative error; on a class the roofline cannot describe (noisy
         # timings of near-free ops) that can still raise the reported MAPE: keep the peak-rate model then
         candidates = [ClassEfficiency(max(a, 1e-3), b, k), ClassEfficiency(1.0, 0.0, float(base_overhead))]
-        scored = [(mape(np.maximum(e.compute_scale * ideal, e.elem_cycles * elems) + e.overhead_cycles, y), e)
-                  for e in candidates]
+        scored = [(mape(roofline_cycles(e, ideal, elems), y), e) for e in candidates]
         after_mape, eff = min(scored, key=lambda t: t[0])
         fits.append(ClassFit(c, eff, len(rows), mape(before, y), after_mape))
     return fits
@@ -130,4 +135,5 @@ def efficiency_of(fits: Sequence[ClassFit]) -> Efficiency:
     return Efficiency(tuple((f.op_class, f.efficiency) for f in sorted(fits, key=lambda f: order[f.op_class])))
 
 
-__all__ = ["ClassFit", "ClassSample", "efficiency_of", "fit_classes", "fits_table", "fit_roofline", "ideal_cycles", "mape"]
+__all__ = ["ClassFit", "ClassSample", "efficiency_of", "fit_classes", "fits_table", "fit_roofline", "ideal_cycles",
+           "mape", "roofline_cycles"]

@@ -80,7 +80,7 @@ def _conv_spec(rec: OpRecord, base: dict) -> LayerSpec:
     spatial = x.shape[0] * _prod(x.shape[2:]) if transposed else out.shape[0] * _prod(out.shape[2:])
     n_params = sum(1 for t in rec.inputs if t.param is not None)
     stride = rec.args.get("stride", 1)
-    stride = max(stride) if isinstance(stride, tuple) and stride else int(stride) if isinstance(stride, int) else 1
+    stride = max(stride, default=1) if isinstance(stride, tuple) else stride
     return LayerSpec(**base, c_in=c_in, c_out=c_out, kernel=_prod(weight.shape[2:]), spatial=spatial,
                      groups=groups, depthwise=depthwise, stride=1 if transposed else stride,
                      weight_param=weight.param, has_bias=n_params > 1)

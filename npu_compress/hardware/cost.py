@@ -37,7 +37,7 @@ from torch import nn
 from ..choices import Choice, NMPattern
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
-from .ops import TRANSCENDENTAL, OpKind, OpRecord, canonical
+from .ops import BATCH_NORM, TRANSCENDENTAL, OpKind, OpRecord, canonical
 from .profile import HardwareProfile, class_default, load_profile
 
 # Vector-unit element operations per output element, by op (assumption: simple per-element
@@ -212,6 +212,8 @@ def op_class(spec: LayerSpec) -> str:
         return "matmul"
     if spec.kind == OpKind.ELEMENTWISE and spec.op in TRANSCENDENTAL:
         return "activation"
+    if spec.kind == OpKind.ELEMENTWISE and spec.const_operand and len(spec.out_shape) >= 4:
+        return "scale"
     return {OpKind.POOL: "pool", OpKind.NORM: "norm", OpKind.MOVE: "move"}.get(spec.kind, "elementwise")
 
 
@@ -220,6 +222,28 @@ def _runs(spec: LayerSpec, profile: HardwareProfile) -> int:
     runs once per output position (the Ethos-U55's lowering), anything else once."""
     limit = profile.compute.max_conv_stride
     return spec.spatial if spec.kind == OpKind.CONV and limit and spec.stride > limit and spec.spatial > 1 else 1
+
+
+def constant_read_cycles(spec: LayerSpec, profile: HardwareProfile) -> float:
+    """Cycles one op spends reading a constant operand materialised at the full shape of its 4-D
+    activation (``[memory] constant_read_cycles``; 0 where a profile does not model it): per element,
+    more on maps of at most 8 rows. A norm's separate affine reads its map with rows padded to 16
+    (Vela's 16-deep bricks: the rows are the depth of its layout)."""
+    mem = profile.memory
+    if len(spec.out_shape) < 4 or not (mem.constant_read_cycles or mem.constant_read_cycles_short):
+        return 0.0
+    channels_last = spec.kind == OpKind.NORM and "layer_norm" in spec.op  # (N, H, W, C), normalised over C
+    rows = spec.out_shape[1] if channels_last else spec.out_shape[2]
+    per_elem = mem.constant_read_cycles if rows > 8 else mem.constant_read_cycles_short
+    padded = _pad(rows, 16) / rows if spec.kind == OpKind.NORM else 1.0
+    return spec.out_elems * padded * per_elem
+
+
+def _separate_affine(spec: LayerSpec, profile: HardwareProfile) -> bool:
+    """A norm whose affine scale and shift the chip runs as two ops of their own (``[fusion] norm_affine
+    = false``), priced as ``scale`` ops: on a 4-D activation, where they are a cost of their own."""
+    return (spec.kind == OpKind.NORM and spec.weight_param is not None and len(spec.out_shape) >= 4
+            and not profile.fusion.norm_affine)
 
 
 def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DENSE) -> LayerCost:
@@ -248,7 +272,18 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     runs = _runs(spec, profile)  # each run reads all the weights and pays the per-op overhead
     t_memory = (runs * wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
+    if op_class(spec) == "scale":
+        t_memory += constant_read_cycles(spec, profile) / clock
     latency = max(t_compute, t_memory) + runs * overhead / clock
+    if _separate_affine(spec, profile):  # the norm's scale and shift (and mean): ``scale`` ops of their own
+        n = 3 if spec.op in BATCH_NORM else 2
+        scale = profile.efficiency.of("scale")
+        op_compute = max(scale.compute_scale * spec.out_elems / profile.compute.vector_ops_per_cycle,
+                         scale.elem_cycles * spec.out_elems) / clock
+        op_memory = constant_read_cycles(spec, profile) / clock
+        t_compute, t_memory = t_compute + n * op_compute, t_memory + n * op_memory
+        latency += n * (max(op_compute, op_memory)
+                        + (profile.overhead.layer_cycles if scale.overhead_cycles is None else scale.overhead_cycles) / clock)
     return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
                      spilled, t_compute, t_memory, latency, Bound.COMPUTE if t_compute >= t_memory else Bound.MEMORY)
 

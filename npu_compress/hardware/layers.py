@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .ops import BATCH_NORM, JOIN, OpKind, OpRecord, Stage
+from .ops import BATCH_NORM, JOIN, PERMUTE, OpKind, OpRecord, Stage
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,9 @@ class LayerSpec:
     stride: int = 1  # conv: the largest of its spatial strides
     fused: bool = False
     fused_into: Stage | None = None  # a fused elementwise op: the kind of layer it runs in, MAC | ELEMENTWISE
+    # an elementwise op with a constant tensor operand (a parameter or buffer, or a view of one: a
+    # per-channel scale or shift, a layer scale); after a conv it folds into it like an activation
+    const_operand: bool = False
 
     @property
     def weight_count(self) -> int:
@@ -138,7 +141,12 @@ def spec_from_record(rec: OpRecord, fused: bool = False) -> LayerSpec:
     if make is not None:
         return make(rec, base)
     c = base["out_shape"][1] if len(base["out_shape"]) > 1 else 0
-    return LayerSpec(**base, c_in=c, c_out=c)
+    return LayerSpec(**base, c_in=c, c_out=c, const_operand=kind == OpKind.ELEMENTWISE and _const_operand(rec))
+
+
+def _const_operand(rec: OpRecord) -> bool:
+    """Whether an op reads a constant tensor (a parameter or buffer, or a view of one) beside its input."""
+    return any(t.param is not None for t in rec.inputs)
 
 
 _FOLDABLE_NORMS = BATCH_NORM - {"instance_norm"}  # folds into a preceding conv (statistics are per channel)
@@ -153,7 +161,9 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
         kind = rec.kind
         acts = rec.activations
         if kind in _MOVES:
-            passes = len(acts) == 1 and rec.op not in JOIN
+            # a layout permutation runs as an operator of its own (Vela: a Transpose): what follows it
+            # cannot run in the output stage of the layer before it
+            passes = len(acts) == 1 and rec.op not in JOIN and rec.op not in PERMUTE
             tag = producer.get(acts[0].id, Stage.OTHER) if passes else Stage.OTHER
             if kind == OpKind.MOVE:  # costed by the profile's "move" class (free by default)
                 layers.append(spec_from_record(rec))

@@ -84,6 +84,11 @@ class Memory:
     sram_bytes: int = key()  # on-chip buffer for activations
     dram_bandwidth_bytes_per_s: float = key()  # off-chip (DRAM / flash) read bandwidth
     weight_compression: str = key("")  # notes on the compiler's weight encoding
+    # cycles per element an op spends reading a constant operand (a layer scale, a decomposed norm's
+    # scale and shift) that the toolchain materialises at its 4-D activation's full shape in flash and
+    # reads in short bursts; ``_short``: on maps of at most 8 rows (0: not modelled)
+    constant_read_cycles: float = key(0.0, min=0)
+    constant_read_cycles_short: float = key(0.0, min=0)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,8 +104,8 @@ class Overhead:
     layer_cycles: int = key(min=0)  # fixed cycles per executed layer (command setup, DMA start)
 
 
-OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "gemm", "attention", "elementwise", "activation", "pool", "norm",
-              "move")
+OP_CLASSES = ("conv", "depthwise", "grouped", "matmul", "gemm", "attention", "elementwise", "scale", "activation",
+              "pool", "norm", "move")
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,10 @@ _CLASS_DEFAULTS = {"move": ClassEfficiency(compute_scale=0.0, elem_cycles=0.0, o
 # softmax, AV as one op) run like a matmul unless measured apart. On Ethos-U they differ by orders of
 # magnitude: Vela lowers a token linear to an efficient Conv2D, a one-row linear streams its weights
 # once, and attention becomes two MatMuls plus a decomposed softmax at ~100x their MAC-array ideal.
-_CLASS_FALLBACK = {"activation": "elementwise", "gemm": "matmul", "attention": "matmul"}
+# A ``scale`` (a multiply / add by a constant tensor on a 4-D activation) runs like any elementwise op
+# unless measured apart; on Ethos-U ExecuTorch materialises the constant at the activation's full
+# shape and Vela reads it from flash in short bursts: ~8-16 cycles per element, not ~1.5.
+_CLASS_FALLBACK = {"activation": "elementwise", "scale": "elementwise", "gemm": "matmul", "attention": "matmul"}
 
 
 def class_default(op_class: str) -> ClassEfficiency:
@@ -179,6 +187,10 @@ class Fusion:
                                        "use ATen base names such as relu, gelu, sigmoid, mul, or \"*\" for all")
     # ATen base names (hardware/ops.py); "*": every such op
     after_elementwise: bool = key(True)  # also into an unfused elementwise op (residual add then ReLU: one op)
+    # a norm's affine scale and shift run inside the norm's kernel; false: as a multiply and an add by
+    # constant tensors of their own, priced as ``scale`` ops on a 4-D activation (ExecuTorch decomposes
+    # LayerNorm and GroupNorm for Ethos-U); over tokens (3-D) they stay in the norm's fitted cost
+    norm_affine: bool = key(True)
 
     def fuses(self, op: str, into: Any) -> bool:
         """Whether ``op`` runs free in the output stage of a layer of kind ``into`` (``ops.Stage`` MAC | ELEMENTWISE)."""

@@ -30,7 +30,8 @@ between the pruner's ``predict`` and ``estimate`` of the physically pruned model
 with every unit kept vs ``estimate``). Summaries per judge, variant and group (project zoo /
 third-party): MAPE, Spearman, ranges. A model or export that fails to build, prune, export or
 compile is recorded as skipped with its reason. Results of each (judge, model) are cached beside
-``--json`` as they complete; ``--resume`` reuses those computed with the same profiles and sizes.
+``--json`` as they complete; ``--resume`` reuses those computed with the same profiles and sizes, and
+(Vela) the figures of every export compiled before whose tensors are identical (``.vela-exports.json``).
 """
 from __future__ import annotations
 
@@ -127,18 +128,39 @@ class VelaJudge:
     profile: HardwareProfile
     cap_s: float
     name: str = "vela"
+    # Vela's figures per exact export (``export_key``), kept across runs: a profile change re-prunes
+    # every model, but an export whose tensors come out identical is not compiled again
+    memo_path: Path | None = None
 
     @property
     def tag(self) -> str:
         return self.name
 
     def prepare(self, model: nn.Module, x: torch.Tensor) -> dict[str, Any]:
+        key = export_key(model, x, self.profile)
+        memo = json.loads(self.memo_path.read_text()) if self.memo_path and self.memo_path.exists() else {}
+        if key in memo:
+            return {**memo[key], "judge_s": 0.0}
         t0 = time.perf_counter()
         figures = _isolated(_vela_figures, (model, x, self.profile), self.cap_s)
+        if self.memo_path:
+            memo[key] = figures
+            write_json(str(self.memo_path), memo)
         return {**figures, "judge_s": time.perf_counter() - t0}
 
     def measure(self, prepared: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return prepared
+
+
+def export_key(model: nn.Module, x: torch.Tensor, profile: HardwareProfile) -> str:
+    """The model exactly (its module types, every tensor's name, shape and bytes), its input shape and
+    the Vela target: equal keys, equal Vela figures."""
+    h = hashlib.sha256(json.dumps([list(x.shape), dataclasses.asdict(profile.toolchain),
+                                   [f"{n}:{type(m).__name__}" for n, m in model.named_modules()]]).encode())
+    for name, t in model.state_dict().items():
+        h.update(f"{name}{tuple(t.shape)}{t.dtype}".encode())
+        h.update(t.detach().contiguous().cpu().numpy().tobytes())
+    return h.hexdigest()[:24]
 
 
 def _session(proto: Any) -> Any:
@@ -367,7 +389,8 @@ def _judges(args: argparse.Namespace) -> list[tuple[Any, dict[str, HardwareProfi
     out = []
     if args.judge in ("vela", "both"):
         profiles = variants(args.vela_profile, args.vela_baseline)
-        out.append((VelaJudge(profiles["profile"], args.vela_cap_s), profiles, args.vela_size))
+        memo = Path(args.json).with_suffix(".vela-exports.json") if args.resume else None
+        out.append((VelaJudge(profiles["profile"], args.vela_cap_s, memo_path=memo), profiles, args.vela_size))
     if args.judge in ("ort", "both"):
         profiles = variants(args.ort_profile, args.ort_baseline)
         out.append((OrtJudge(args.ort_budget_s, args.ort_rounds), profiles, args.ort_size))

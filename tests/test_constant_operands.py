@@ -1,0 +1,127 @@
+"""Constant tensor operands on Ethos-U: a layer scale or a decomposed norm's scale and shift reads a
+constant that ExecuTorch materialises at the activation's full shape in flash; Vela charges that read.
+Priced by ``[memory] constant_read_cycles`` and ``[fusion] norm_affine``; judged against real Vela."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+from npu_compress import estimate, load_profile
+from npu_compress.hardware.cost import constant_read_cycles, op_class, trace_layers
+
+from test_ethos_u import needs_extra
+
+
+class LayerNorm2d(nn.Module):
+    """ConvNeXt's channels-first LayerNorm: permute, layer_norm over channels, permute back."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(c)
+
+    def forward(self, x):
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+
+
+class ScaleAfterConv(nn.Module):
+    """A layer scale straight after a conv (timm ConvNeXt with conv_mlp): the conv's output stage."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv, self.gamma = nn.Conv2d(c, c, 1), nn.Parameter(torch.full((c,), 0.5))
+
+    def forward(self, x):
+        return self.conv(x).mul(self.gamma.reshape(1, -1, 1, 1)) + x
+
+
+class ScaleAfterPermute(nn.Module):
+    """A layer scale after a channels-last MLP is permuted back (timm ConvNeXt without conv_mlp)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.fc, self.gamma = nn.Linear(c, c), nn.Parameter(torch.linspace(0.1, 1.0, c))
+
+    def forward(self, x):
+        y = self.fc(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return y.mul(self.gamma.reshape(1, -1, 1, 1)) + x
+
+
+class NormAfterAdd(nn.Module):
+    """A batch norm no conv precedes (after a residual add, a concat: MixNet, DenseNet): not folded."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return self.bn(x + x)
+
+
+def _layers(model, shape, profile):
+    return estimate(model.eval(), torch.randn(shape), profile).layers
+
+
+def test_a_layer_scale_folds_after_a_conv_and_reads_flash_after_a_permute():
+    profile = load_profile("ethos-u55-128")
+    (mul,) = [c for c in _layers(ScaleAfterConv(40), (1, 40, 24, 24), profile) if c.op == "mul"]
+    assert mul.bound == "fused" and mul.latency_s == 0
+    specs = [s for s in trace_layers(ScaleAfterPermute(40).eval(), (torch.randn(1, 40, 24, 24),)) if s.op == "mul"]
+    assert len(specs) == 1 and specs[0].const_operand and op_class(specs[0]) == "scale"
+    (mul,) = [c for c in _layers(ScaleAfterPermute(40), (1, 40, 24, 24), profile) if c.op == "mul"]
+    # Vela 5.1.0: H x W x C x 8 cycles on a 24-row map, 16 on maps of at most 8 rows
+    assert mul.bound == "memory" and mul.t_memory_s * profile.compute.clock_hz == pytest.approx(24 * 24 * 40 * 8)
+    (small,) = [c for c in _layers(ScaleAfterPermute(160), (1, 160, 6, 6), profile) if c.op == "mul"]
+    assert small.t_memory_s * profile.compute.clock_hz == pytest.approx(6 * 6 * 160 * 16)
+
+
+@pytest.mark.parametrize("name", ["generic-4tops", "ort-cpu"])
+def test_profiles_that_do_not_model_constant_reads_price_as_before(name):
+    profile = load_profile(name)
+    assert profile.fusion.norm_affine and profile.memory.constant_read_cycles == 0
+    (norm,) = [c for c in _layers(LayerNorm2d(40), (1, 40, 24, 24), profile) if c.kind == "norm"]
+    plain = dataclasses.replace(profile, fusion=dataclasses.replace(profile.fusion, norm_affine=False))
+    (split,) = [c for c in _layers(LayerNorm2d(40), (1, 40, 24, 24), plain) if c.kind == "norm"]
+    assert split.latency_s > norm.latency_s  # two more ops (overhead, compute), no flash reads
+    assert split.t_memory_s == norm.t_memory_s
+
+
+def test_a_channels_last_layer_norm_pays_two_padded_constant_reads_on_ethos_u():
+    profile = load_profile("ethos-u55-128")
+    assert not profile.fusion.norm_affine
+    clock = profile.compute.clock_hz
+    fused = dataclasses.replace(profile, fusion=dataclasses.replace(profile.fusion, norm_affine=True))
+    for c, h, per_elem in ((40, 24, 8), (160, 6, 16)):
+        (norm,) = [x for x in _layers(LayerNorm2d(c), (1, c, h, h), profile) if x.kind == "norm"]
+        (plain,) = [x for x in _layers(LayerNorm2d(c), (1, c, h, h), fused) if x.kind == "norm"]
+        reads = 2 * -(-h // 16) * 16 * h * c * per_elem  # the rows padded to 16 (Vela's bricks)
+        assert (norm.t_memory_s - plain.t_memory_s) * clock == pytest.approx(reads)
+        assert norm.latency_s > plain.latency_s + 0.9 * reads / clock
+    # over tokens (3-D) the affine stays inside the norm's fitted cost
+    (tokens,) = [x for x in _layers(nn.LayerNorm(40), (1, 576, 40), profile) if x.kind == "norm"]
+    (same,) = [x for x in _layers(nn.LayerNorm(40), (1, 576, 40), fused) if x.kind == "norm"]
+    assert tokens.latency_s == same.latency_s
+
+
+@needs_extra
+@pytest.mark.parametrize("model,shape", [(LayerNorm2d(16), (1, 16, 12, 12)), (LayerNorm2d(32), (1, 32, 6, 6)),
+                                         (LayerNorm2d(24), (1, 24, 20, 10)), (ScaleAfterPermute(48), (1, 48, 12, 12)),
+                                         (NormAfterAdd(40), (1, 40, 24, 12))],
+                         ids=["ln-12rows", "ln-6rows", "ln-20x10", "scale-12rows", "bn-after-add"])
+def test_constant_reads_equal_velas_on_shapes_outside_the_measurements(model, shape):
+    """Shapes none of the profile's measurements used: our constant-read cycles of each Mul / Add by a
+    constant equal Vela's cycles of those operators (memory-bound: their compute is far smaller)."""
+    from npu_compress.export.ethos_u import vela_estimate
+
+    profile = load_profile("ethos-u55-128")
+    model = model.eval()
+    report = vela_estimate(model, torch.randn(shape), profile.toolchain)
+    spec = next(s for s in trace_layers(model, (torch.randn(shape),)) if s.kind.value in ("norm", "elementwise")
+                and (s.const_operand or s.kind.value == "norm"))
+    ours = constant_read_cycles(spec, profile)
+    n = (3 if "batch_norm" in spec.op else 2) if spec.kind.value == "norm" else 1  # batch norm: its mean too
+    vela = [o for o in report.operators if o.original in ("Sub", "Mul", "Add") and o.cycles > 2 * o.npu_cycles]
+    assert len(vela) == n
+    assert all(o.cycles == pytest.approx(ours, rel=0.01) for o in vela), ([o.cycles for o in vela], ours)

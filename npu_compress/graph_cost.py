@@ -10,6 +10,7 @@ unit touches are re-costed (:class:`ChannelCosts`), so one call costs about as m
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import ChainMap
 from dataclasses import dataclass
@@ -200,7 +201,8 @@ def _respec(spec: LayerSpec, base: _Costed, i: int, shapes: dict[str, tuple[int,
         return TensorMeta(t.id, shapes.get(t.id, t.shape), t.param)
 
     new = OpRecord(rec.op, rec.module, tuple(re(t) for t in rec.inputs), tuple(re(t) for t in rec.outputs), rec.args)
-    return spec_from_record(new, fused=spec.fused)
+    # what layers_from_records decided from the op's neighbours stays: fusion's stage, a concat's copy
+    return dataclasses.replace(spec_from_record(new, fused=spec.fused), fused_into=spec.fused_into, copied=spec.copied)
 
 
 def _weight_unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind, keep: torch.Tensor) -> torch.Tensor:

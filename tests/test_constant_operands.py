@@ -1,6 +1,7 @@
-"""Constant tensor operands on Ethos-U: a layer scale or a decomposed norm's scale and shift reads a
-constant that ExecuTorch materialises at the activation's full shape in flash; Vela charges that read.
-Priced by ``[memory] constant_read_cycles`` and ``[fusion] norm_affine``; judged against real Vela."""
+"""What Vela charges beyond compute, priced: a layer scale or a decomposed norm's scale and shift reads
+a constant that ExecuTorch materialises at the activation's full shape in flash (``[memory]
+constant_read_cycles``, ``[fusion] norm_affine``); a concat that cannot take its inputs in place copies
+them (``[fusion] concat_in_place``, the ``cat`` fit). Judged against real Vela."""
 from __future__ import annotations
 
 import dataclasses
@@ -125,3 +126,64 @@ def test_constant_reads_equal_velas_on_shapes_outside_the_measurements(model, sh
     vela = [o for o in report.operators if o.original in ("Sub", "Mul", "Add") and o.cycles > 2 * o.npu_cycles]
     assert len(vela) == n
     assert all(o.cycles == pytest.approx(ours, rel=0.01) for o in vela), ([o.cycles for o in vela], ours)
+
+
+class SplitConcat(nn.Module):
+    """Half the channels pass, half go through a conv: the passed half is no op's output."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c // 2, c // 2, 1)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return torch.cat((a, torch.relu(self.conv(b))), dim=1)
+
+
+class TwoBranchConcat(nn.Module):
+    """Both inputs written by convs right before the concat: assembled in place."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(c, c // 2, 1), nn.Conv2d(c, c // 2, 1)
+
+    def forward(self, x):
+        return torch.cat((torch.relu(self.c1(x)), torch.relu(self.c2(x))), dim=1)
+
+
+def _cat(model, shape, profile):
+    (cat,) = [c for c in _layers(model, shape, profile) if c.op == "cat"]
+    return cat
+
+
+def test_a_concat_is_free_in_place_and_priced_when_it_must_copy():
+    specs = {type(m).__name__: next(s for s in trace_layers(m.eval(), (torch.randn(1, 32, 8, 8),)) if s.op == "cat")
+             for m in (SplitConcat(32), TwoBranchConcat(32))}
+    assert specs["SplitConcat"].copied and not specs["TwoBranchConcat"].copied
+    ethos = load_profile("ethos-u55-128")
+    assert ethos.fusion.concat_in_place and ethos.efficiency.of("move", "cat").overhead_cycles > 0
+    assert _cat(TwoBranchConcat(32), (1, 32, 8, 8), ethos).latency_s == 0
+    eff = ethos.efficiency.of("move", "cat")
+    copied = _cat(SplitConcat(32), (1, 32, 8, 8), ethos)
+    assert copied.latency_s * ethos.compute.clock_hz == pytest.approx(
+        max(eff.compute_scale * 2048, eff.elem_cycles * 2048) + eff.overhead_cycles)
+    # a CPU runtime copies every concat
+    ort = load_profile("ort-cpu")
+    assert not ort.fusion.concat_in_place
+    assert _cat(TwoBranchConcat(32), (1, 32, 8, 8), ort).latency_s == _cat(SplitConcat(32), (1, 32, 8, 8), ort).latency_s > 0
+
+
+@needs_extra
+def test_a_copied_concat_is_priced_near_velas_and_an_in_place_one_is_absent_in_vela():
+    """Shapes the calibration did not use: Vela's Concat cycles vs our ``cat`` fit; no Concat at all
+    when both inputs are conv outputs."""
+    from npu_compress.export.ethos_u import vela_estimate
+
+    profile = load_profile("ethos-u55-128")
+    for c, hw in ((40, 10), (80, 5)):
+        model, x = SplitConcat(c).eval(), torch.randn(1, c, hw, hw)
+        vela = sum(o.cycles for o in vela_estimate(model, x, profile.toolchain).operators if o.original == "Concat")
+        ours = _cat(SplitConcat(c), (1, c, hw, hw), profile).latency_s * profile.compute.clock_hz
+        assert vela > 0 and ours == pytest.approx(vela, rel=0.25)
+    report = vela_estimate(TwoBranchConcat(40).eval(), torch.randn(1, 40, 10, 10), profile.toolchain)
+    assert not [o for o in report.operators if o.original == "Concat"]

@@ -94,7 +94,26 @@ class HandWrittenLinear(nn.Module):
         return self.head(y.permute(0, 3, 1, 2).mean((2, 3)))
 
 
-PATTERNS = [AutocastOff, LayerScaleAfterPermute, ConvNeXtBlock, LinearAttention, HandWrittenLinear]
+class ShuffleUnit(nn.Module):
+    """ShuffleNetV2's unit: half the channels pass, half go through convs, a concat (which copies: the
+    passed half is a split of the input) and a channel shuffle; then a LayerNorm2d-style norm."""
+
+    def __init__(self, c=32):
+        super().__init__()
+        self.stem, self.pw = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c // 2, c // 2, 1)
+        self.norm, self.head = nn.LayerNorm(c), nn.Linear(c, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        a, b = x.chunk(2, dim=1)
+        y = torch.cat((a, torch.relu(self.pw(b))), dim=1)
+        n, c, h, w = y.shape
+        y = y.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        y = self.norm(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.head(y.mean((2, 3)))
+
+
+PATTERNS = [AutocastOff, LayerScaleAfterPermute, ConvNeXtBlock, LinearAttention, HandWrittenLinear, ShuffleUnit]
 
 
 def _priced_moves(name="ethos-u55-128", priced=True):

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int, str], None]
 # layout changes ExecuTorch inserts at the program's inputs / outputs, and the reshapes around them
 _EDGE_OPS = ("Transpose", "Reshape")
+_MOVED_BY_MEMORY = ("permute", "cat")  # ops fitted to Vela's total cycles, not its compute cycles
 TILE_IN_CANDIDATES = (8, 16, 32)  # input-channel granules the compiler may charge (Ethos-U IFM blocks)
 
 
@@ -120,6 +121,19 @@ class _Shuffled(nn.Module):
         return y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
 
 
+class _SplitCat(nn.Module):
+    """ShuffleNet's unit without the shuffle: half the channels pass, half go through a 1x1 conv, and
+    a concat joins them. The passed half is no op's output: the concat copies both (Vela: Concats)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c // 2, c // 2, 1)
+
+    def forward(self, x):
+        a, b = x.chunk(2, dim=1)
+        return torch.cat((a, torch.relu(self.conv(b))), dim=1)
+
+
 class _TokenNorm(nn.Module):
     def __init__(self, c: int):
         super().__init__()
@@ -142,6 +156,9 @@ class Probe:
     # the same model without the op measured: Vela's cycles of the op are the difference (a layout
     # permutation becomes several Transposes mixed with the program's own edge transposes)
     reference: Callable[[], nn.Module] | None = None
+    # our one layer of this op family paired with the sum of Vela's operators of these types (a copied
+    # concat: one Concat per input)
+    only: tuple[str, str] | None = None  # (our op family, Vela's operator type)
 
 
 def probes(quick: bool = False) -> list[Probe]:
@@ -167,6 +184,8 @@ def probes(quick: bool = False) -> list[Probe]:
     for n_in, n_out in ((64, 10), (128, 128), (256, 64), (512, 256)):
         out.append(Probe(f"linear {n_in}->{n_out}", lambda a=n_in, b=n_out: _Linear(a, b), (1, n_in)))
     out += transformer_probes(quick)
+    for c, hw in ((32, 16), (48, 12), (96, 6), (192, 3), (64, 8), (24, 16)) if not quick else ((32, 16), (96, 6)):
+        out.append(Probe(f"split concat {c} @{hw}", lambda c=c: _SplitCat(c), (1, c, hw, hw), only=("cat", "Concat")))
     for c, hw in ((16, 8), (16, 16), (24, 16), (32, 16), (48, 8), (64, 8), (96, 8)) if not quick else ((16, 16), (64, 8)):
         out.append(Probe(f"channel shuffle {c} @{hw}", lambda c=c: _Shuffled(c), (1, c, hw, hw),
                          reference=lambda c=c: _Shuffled(c, shuffle=False)))
@@ -209,8 +228,10 @@ class Sample:
         return dict(self.ideal_by_tile_in).get(tile_in, self.ideal_cycles)
 
     @property
-    def measured_cycles(self) -> float:  # what the fit matches: Vela's compute cycles
-        return float(self.vela_npu_cycles) - self.less
+    def measured_cycles(self) -> float:
+        """What the fit matches: Vela's compute cycles; for data movement (a permutation, a copied
+        concat: their cost is their memory traffic, which no other term prices) its total cycles."""
+        return float(self.vela_cycles if self.op in _MOVED_BY_MEMORY else self.vela_npu_cycles) - self.less
 
 
 @dataclass
@@ -261,6 +282,13 @@ def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> 
             return []
         return [_sample(probe, added[0], profile, "Transpose", npu,
                         sum(o.cycles for o in operators) - sum(o.cycles for o in reference))]
+    if probe.only is not None:
+        ours = [s for s in layers if canonical(s.op) == probe.only[0]]
+        theirs = [o for o in operators if o.original == probe.only[1]]
+        if len(ours) != 1 or not theirs:
+            return []
+        return [_sample(probe, ours[0], profile, probe.only[1], sum(o.npu_cycles for o in theirs),
+                        sum(o.cycles for o in theirs))]
     if probe.summed:
         priced = [s for s in layers if op_class(s) != "move"]
         if len(priced) != 1:
@@ -276,8 +304,8 @@ def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> 
 
 def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
     """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's). Data
-    movement per op only (``permute``): the rest of ``move`` (a concat, which Vela writes in place)
-    stays free. A summed sample (attention: Vela's operators of the whole probe) holds the head split
+    movement per op only (``permute``; ``cat``, a concat that copies its inputs): the rest of ``move``
+    stays free, and so does a concat Vela assembles in place (``[fusion] concat_in_place``). A summed sample (attention: Vela's operators of the whole probe) holds the head split
     and merge transposes too, which a model prices as ``permute`` layers of their own: their cycles by
     the ``permute`` fit are taken out of Vela's sum first, so no cycle is priced twice."""
     tile_in = tile_in or profile.tiling.tile_in

@@ -37,7 +37,7 @@ from torch import nn
 from ..choices import Choice, NMPattern
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
-from .ops import BATCH_NORM, TRANSCENDENTAL, OpKind, OpRecord, canonical
+from .ops import BATCH_NORM, JOIN, TRANSCENDENTAL, OpKind, OpRecord, canonical
 from .profile import HardwareProfile, class_default, load_profile
 
 # Vector-unit element operations per output element, by op (assumption: simple per-element
@@ -256,7 +256,8 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     fused = spec.fused and (not spec.fused_into or profile.fusion.fuses(spec.op, spec.fused_into))
     # a view: a layout permutation that pruning left moving only size-1 dims (ChannelCosts re-derives
     # a layer's kind with its pruned shapes) moves no element
-    if fused or spec.kind == OpKind.VIEW or (spec.kind == OpKind.MOVE and eff == class_default("move")):
+    in_place = spec.op in JOIN and not spec.copied and profile.fusion.concat_in_place
+    if fused or in_place or spec.kind == OpKind.VIEW or (spec.kind == OpKind.MOVE and eff == class_default("move")):
         return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, 0, 0, wbytes, 0,
                          0.0, 0.0, 0.0, Bound.FUSED if fused else Bound.FREE)
     act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes

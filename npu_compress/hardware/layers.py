@@ -14,7 +14,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from .ops import BATCH_NORM, JOIN, PERMUTE, OpKind, OpRecord, Stage
+from .ops import BATCH_NORM, JOIN, PERMUTE, SPLIT, OpKind, OpRecord, Stage
 
 
 @dataclass(frozen=True)
@@ -47,6 +47,9 @@ class LayerSpec:
     # an elementwise op with a constant tensor operand (a parameter or buffer, or a view of one: a
     # per-channel scale or shift, a layer scale); after a conv it folds into it like an activation
     const_operand: bool = False
+    # a concat with an input no op writes right before it (a split or slice of another tensor, a model
+    # input, a parameter): it cannot be assembled in place, every input is copied (Vela: Concat ops)
+    copied: bool = False
 
     @property
     def weight_count(self) -> int:
@@ -156,17 +159,25 @@ _MOVES = (OpKind.VIEW, OpKind.MOVE)  # pass their input's fusion tag along (but 
 def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     """Costed layers in execution order, with fusion into preceding MAC-array ops decided."""
     producer: dict[str, Stage] = {}  # tensor id -> what produced it (through views)
+    written: set[str] = set()  # tensors an op wrote (or whole views of them): a concat can take them in place
     layers: list[LayerSpec] = []
     for rec in records:
         kind = rec.kind
         acts = rec.activations
+        if kind == OpKind.VIEW and rec.op not in SPLIT:
+            written.update(t.id for t in rec.outputs if len(acts) == 1 and acts[0].id in written)
+        elif kind != OpKind.VIEW and rec.op not in SPLIT:
+            written.update(t.id for t in rec.outputs)
         if kind in _MOVES:
             # a layout permutation runs as an operator of its own (Vela: a Transpose): what follows it
             # cannot run in the output stage of the layer before it
             passes = len(acts) == 1 and rec.op not in JOIN and rec.op not in PERMUTE
             tag = producer.get(acts[0].id, Stage.OTHER) if passes else Stage.OTHER
             if kind == OpKind.MOVE:  # costed by the profile's "move" class (free by default)
-                layers.append(spec_from_record(rec))
+                spec = spec_from_record(rec)
+                if rec.op in JOIN:
+                    spec = dataclasses.replace(spec, copied=any(t.id not in written for t in rec.inputs))
+                layers.append(spec)
         else:
             src = producer.get(acts[0].id) if len(acts) == 1 else None
             # batch norm folds into a MAC op (layer/group norm need cross-channel statistics: never);

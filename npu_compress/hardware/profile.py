@@ -191,6 +191,10 @@ class Fusion:
     # constant tensors of their own, priced as ``scale`` ops on a 4-D activation (ExecuTorch decomposes
     # LayerNorm and GroupNorm for Ethos-U); over tokens (3-D) they stay in the norm's fitted cost
     norm_affine: bool = key(True)
+    # a concat whose inputs ops write right before it is assembled in place and costs nothing (Vela);
+    # one with an input no op writes (a split or slice of another tensor) copies every input. False:
+    # every concat runs as a copy (a CPU runtime's Concat kernel), priced by ``move`` / ``cat``
+    concat_in_place: bool = key(False)
 
     def fuses(self, op: str, into: Any) -> bool:
         """Whether ``op`` runs free in the output stage of a layer of kind ``into`` (``ops.Stage`` MAC | ELEMENTWISE)."""
@@ -310,11 +314,12 @@ def _check_number(where: str, key: str, v: Any, kind: type, positive: bool = Tru
 def efficiency_names() -> tuple[str, ...]:
     """What ``[efficiency]`` keys may start with: an op class, or one elementwise op (its ATen base
     name) where a judge shows ops of one class cost differently (a GELU is 4x a ReLU on a CPU), or
-    ``permute`` (every layout permutation, channel shuffle included) apart from the rest of ``move``
-    (Vela writes a concat's inputs in place but runs a transpose as its own operator)."""
+    ``permute`` (every layout permutation, channel shuffle included) and ``cat`` (a concat that copies)
+    apart from the rest of ``move`` (Vela runs a transpose as its own operator, and a concat only when
+    it cannot write its inputs in place)."""
     from .ops import _ALIASES, BINARY, SOFTMAX, TRANSCENDENTAL, UNARY
 
-    ops = (UNARY | BINARY | TRANSCENDENTAL | SOFTMAX | {"permute"}) - set(OP_CLASSES) - set(_ALIASES)
+    ops = (UNARY | BINARY | TRANSCENDENTAL | SOFTMAX | {"permute", "cat"}) - set(OP_CLASSES) - set(_ALIASES)
     return OP_CLASSES + tuple(sorted(ops))
 
 

@@ -397,7 +397,8 @@ def refit_vela(profile: HardwareProfile, saved: Path) -> tuple[HardwareProfile, 
 def efficiency_toml(calibration: VelaCalibration) -> str:
     """The ``[efficiency]`` section, every number with its provenance."""
     lines = ["[efficiency]",
-             f"# measured: Vela {calibration.vela_version} (ethos-u-vela), NPU cycles of {len(calibration.samples)} "
+             f"# measured: Vela {calibration.vela_version} (ethos-u-vela), NPU cycles (total cycles for data movement) of "
+             f"{len(calibration.samples)} "
              f"operators in {len({s.probe for s in calibration.samples})} small probe models compiled for "
              f"{calibration.accelerator} through "
              "ExecuTorch's Arm backend ('npu-compress profiles calibrate --vela'); Vela is Arm's estimator, "

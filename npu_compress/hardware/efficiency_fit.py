@@ -87,7 +87,7 @@ def roofline_cycles(eff: ClassEfficiency, ideal: Any, elems: Any) -> Any:
     return np.maximum(eff.compute_scale * ideal, eff.elem_cycles * elems) + (eff.overhead_cycles or 0.0)
 
 
-PER_OP_CLASSES = ("elementwise", "activation")  # classes whose ops may be fitted one by one
+PER_OP_CLASSES = ("elementwise", "scale", "activation")  # classes whose ops may be fitted one by one
 
 
 def fit_classes(samples: Sequence[ClassSample], base_overhead: float, tile_in: int | None = None,

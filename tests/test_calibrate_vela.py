@@ -84,8 +84,8 @@ def test_transformer_ops_are_calibrated_on_vela_and_attention_is_summed():
 def test_channel_shuffle_is_priced_from_the_transposes_vela_adds():
     """A channel shuffle becomes several Transposes mixed with the program's own edge transposes:
     it is paired with the cycles it adds over the same model without it, fitted as the op family
-    ``permute`` (every layout permutation) while the rest of ``move`` (a concat: Vela writes its
-    inputs in place) keeps its free default."""
+    ``permute`` (every layout permutation) while the rest of ``move`` keeps its free default (a
+    concat that copies is fitted as ``cat`` from split-concat probes, not in this grid)."""
     profile = load_profile("ethos-u55-128")
     grid = [p for p in probes() if p.label.startswith("channel shuffle")][:3]
     assert len(grid) == 3 and all(p.reference is not None for p in grid)
@@ -97,7 +97,9 @@ def test_channel_shuffle_is_priced_from_the_transposes_vela_adds():
     (f,) = report.fits
     assert f.op_class == "permute" and f.samples == 3 and f.mape_after < f.mape_before
     assert fitted.efficiency.of("move", "permute") == f.efficiency
-    assert fitted.efficiency.of("move", "cat") == profile.efficiency.of("move", "cat")
+    # a concat is not fitted from this grid (no split-concat probe): the rest of "move" stays free
+    from npu_compress.hardware.profile import class_default
+    assert fitted.efficiency.of("move", "cat") == class_default("move")
 
 
 def _saved_report(tmp_path, accelerator="ethos-u55-128"):

@@ -348,13 +348,21 @@ class CalibrationReport:
 # ---------------------------------------------------------------- machine
 
 def cpu_model() -> str:
+    """The CPU's model name and its widest vector extension, which onnxruntime's kernels are chosen
+    by: two machines both named "AMD EPYC" ran our zoo 1.7x apart (docs/BENCHMARKS.md, issue 12)."""
+    name, flags = "", set()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if line.startswith("model name") and not name:
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not flags:
+                flags = set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    simd = next((label for flag, label in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("asimd", "NEON"))
+                 if flag in flags), "")
+    name = name or platform.processor() or platform.machine()
+    return f"{name}, {simd}" if simd else name
 
 
 def last_level_cache_bytes() -> tuple[int, str]:

@@ -1,7 +1,8 @@
 """What Vela charges beyond compute, priced: a layer scale or a decomposed norm's scale and shift reads
 a constant that ExecuTorch materialises at the activation's full shape in flash (``[memory]
 constant_read_cycles``, ``[fusion] norm_affine``); a concat that cannot take its inputs in place copies
-them (``[fusion] concat_in_place``, the ``cat`` fit). Judged against real Vela."""
+them (``[fusion] concat_in_place``, the ``cat`` fit); a depthwise conv pays for its channels padded
+to 8 (``[tiling] depthwise_out_granule``). Judged against real Vela."""
 from __future__ import annotations
 
 import dataclasses
@@ -187,3 +188,41 @@ def test_a_copied_concat_is_priced_near_velas_and_an_in_place_one_is_absent_in_v
         assert vela > 0 and ours == pytest.approx(vela, rel=0.25)
     report = vela_estimate(TwoBranchConcat(40).eval(), torch.randn(1, 40, 10, 10), profile.toolchain)
     assert not [o for o in report.operators if o.original == "Concat"]
+
+
+class Depthwise(nn.Module):
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        return torch.relu(self.conv(x))
+
+
+def _dw_cycles(c, profile):
+    (conv,) = [x for x in _layers(Depthwise(c), (1, c, 16, 16), profile) if x.kind == "conv"]
+    return conv.latency_s * profile.compute.clock_hz
+
+
+def test_a_depthwise_conv_pays_for_its_channels_padded_to_the_granule():
+    ethos = load_profile("ethos-u55-128")
+    assert ethos.tiling.depthwise_out_granule == 8
+    assert _dw_cycles(33, ethos) == _dw_cycles(36, ethos) == _dw_cycles(40, ethos) > _dw_cycles(32, ethos)
+    ort = load_profile("ort-cpu")  # no granule: every channel counts
+    assert ort.tiling.depthwise_out_granule == 0
+    assert _dw_cycles(32, ort) < _dw_cycles(33, ort) < _dw_cycles(36, ort) < _dw_cycles(40, ort)
+
+
+@needs_extra
+def test_depthwise_steps_follow_velas():
+    """Vela charges a depthwise conv per 8 output channels: equal at 33 and 40, less at 32."""
+    from npu_compress.export.ethos_u import vela_estimate
+
+    profile = load_profile("ethos-u55-128")
+    vela = {}
+    for c in (32, 33, 40):
+        report = vela_estimate(Depthwise(c).eval(), torch.randn(1, c, 16, 16), profile.toolchain)
+        (op,) = [o for o in report.operators if o.original == "DepthwiseConv2D"]
+        vela[c] = op.cycles
+        assert _dw_cycles(c, profile) == pytest.approx(op.cycles, rel=0.12)
+    assert vela[33] == vela[40] > vela[32]

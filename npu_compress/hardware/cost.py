@@ -239,6 +239,15 @@ def constant_read_cycles(spec: LayerSpec, profile: HardwareProfile) -> float:
     return spec.out_elems * padded * per_elem
 
 
+def _written_elems(spec: LayerSpec, profile: HardwareProfile) -> float:
+    """Output elements a layer pays per-element costs for: a depthwise conv's channels padded to
+    ``[tiling] depthwise_out_granule`` (Vela: a depthwise conv costs the same at 33 and 40 channels)."""
+    granule = profile.tiling.depthwise_out_granule
+    if spec.depthwise and granule and spec.c_out:
+        return spec.out_elems * _pad(spec.c_out, granule) / spec.c_out
+    return spec.out_elems
+
+
 def _separate_affine(spec: LayerSpec, profile: HardwareProfile) -> bool:
     """A norm whose affine scale and shift the chip runs as two ops of their own (``[fusion] norm_affine
     = false``), priced as ``scale`` ops: on a 4-D activation, where they are a cost of their own."""
@@ -269,7 +278,7 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     else:
         elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
-    t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * spec.out_elems / clock)
+    t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * _written_elems(spec, profile) / clock)
     overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     runs = _runs(spec, profile)  # each run reads all the weights and pays the per-op overhead
     t_memory = (runs * wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s

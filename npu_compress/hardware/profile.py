@@ -77,6 +77,9 @@ class Tiling:
     tile_out: int = key()  # output channels the MAC array consumes at once
     tile_in: int = key()  # input channels the MAC array consumes at once
     block: tuple[int, int] = key()  # (bo, bi) weight block shape used by block pruning
+    # a depthwise conv writes its outputs in blocks of this many channels: its per-output cost
+    # (``elem_cycles``) counts the channels padded to it (0: not padded)
+    depthwise_out_granule: int = key(0, min=0)
 
 
 @dataclass(frozen=True, kw_only=True)

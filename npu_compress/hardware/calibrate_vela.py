@@ -305,8 +305,9 @@ def _pair(probe: Probe, profile: HardwareProfile, operators, reference=None) -> 
 def fit(samples: list[Sample], profile: HardwareProfile, tile_in: int | None = None) -> list[ClassFit]:
     """Per op class: efficiency from the paired samples at ``tile_in`` (default: the profile's). Data
     movement per op only (``permute``; ``cat``, a concat that copies its inputs): the rest of ``move``
-    stays free, and so does a concat Vela assembles in place (``[fusion] concat_in_place``). A summed sample (attention: Vela's operators of the whole probe) holds the head split
-    and merge transposes too, which a model prices as ``permute`` layers of their own: their cycles by
+    stays free, and so does a concat Vela assembles in place (``[fusion] concat_in_place``). A summed
+    sample (attention: Vela's operators of the whole probe) holds the head split and merge transposes
+    too, which a model prices as ``permute`` layers of their own: their cycles by
     the ``permute`` fit are taken out of Vela's sum first, so no cycle is priced twice."""
     tile_in = tile_in or profile.tiling.tile_in
     moves = fit_classes(samples, profile.overhead.layer_cycles, tile_in, (), per_op=("move",))

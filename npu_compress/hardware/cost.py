@@ -38,7 +38,7 @@ from ..choices import Choice, NMPattern
 from .dispatch_trace import trace_ops
 from .layers import LayerSpec, layers_from_records, peak_activation_elems
 from .ops import BATCH_NORM, JOIN, TRANSCENDENTAL, OpKind, OpRecord, canonical
-from .profile import HardwareProfile, class_default, load_profile
+from .profile import ClassEfficiency, HardwareProfile, class_default, load_profile
 
 # Vector-unit element operations per output element, by op (assumption: simple per-element
 # pipelines; normalisation reads twice: statistics, then scale).
@@ -248,6 +248,11 @@ def _written_elems(spec: LayerSpec, profile: HardwareProfile) -> float:
     return spec.out_elems
 
 
+def _overhead_cycles(eff: ClassEfficiency, profile: HardwareProfile) -> float:
+    """Fixed cycles per op of a class: its fitted overhead, else ``[overhead] layer_cycles``."""
+    return profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
+
+
 def _separate_affine(spec: LayerSpec, profile: HardwareProfile) -> bool:
     """A norm whose affine scale and shift the chip runs as two ops of their own (``[fusion] norm_affine
     = false``), priced as ``scale`` ops: on a 4-D activation, where they are a cost of their own."""
@@ -261,7 +266,8 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
     macs, macs_pad = padded_macs(spec, profile)
     macs_pad = round(macs_pad * _compute_fraction(profile, fmt))
     wbytes = weight_bytes(spec, profile, fmt)
-    eff = profile.efficiency.of(op_class(spec), canonical(spec.op))
+    cls = op_class(spec)
+    eff = profile.efficiency.of(cls, canonical(spec.op))
     fused = spec.fused and (not spec.fused_into or profile.fusion.fuses(spec.op, spec.fused_into))
     # a view: a layout permutation that pruning left moving only size-1 dims (ChannelCosts re-derives
     # a layer's kind with its pruned shapes) moves no element
@@ -279,12 +285,11 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
         elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
     t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * _written_elems(spec, profile) / clock)
-    overhead = profile.overhead.layer_cycles if eff.overhead_cycles is None else eff.overhead_cycles
     runs = _runs(spec, profile)  # each run reads all the weights and pays the per-op overhead
     t_memory = (runs * wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
-    if op_class(spec) == "scale":
+    if cls == "scale":
         t_memory += constant_read_cycles(spec, profile) / clock
-    latency = max(t_compute, t_memory) + runs * overhead / clock
+    latency = max(t_compute, t_memory) + runs * _overhead_cycles(eff, profile) / clock
     if _separate_affine(spec, profile):  # the norm's scale and shift (and mean): ``scale`` ops of their own
         n = 3 if spec.op in BATCH_NORM else 2
         scale = profile.efficiency.of("scale")
@@ -292,8 +297,7 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
                          scale.elem_cycles * spec.out_elems) / clock
         op_memory = constant_read_cycles(spec, profile) / clock
         t_compute, t_memory = t_compute + n * op_compute, t_memory + n * op_memory
-        latency += n * (max(op_compute, op_memory)
-                        + (profile.overhead.layer_cycles if scale.overhead_cycles is None else scale.overhead_cycles) / clock)
+        latency += n * (max(op_compute, op_memory) + _overhead_cycles(scale, profile) / clock)
     return LayerCost(spec.name, spec.op, spec.kind, spec.in_shape, spec.out_shape, macs, macs_pad, wbytes,
                      spilled, t_compute, t_memory, latency, Bound.COMPUTE if t_compute >= t_memory else Bound.MEMORY)
 

@@ -164,9 +164,7 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     for rec in records:
         kind = rec.kind
         acts = rec.activations
-        if kind == OpKind.VIEW and rec.op not in SPLIT:
-            written.update(t.id for t in rec.outputs if len(acts) == 1 and acts[0].id in written)
-        elif kind != OpKind.VIEW and rec.op not in SPLIT:
+        if rec.op not in SPLIT and (kind != OpKind.VIEW or (len(acts) == 1 and acts[0].id in written)):
             written.update(t.id for t in rec.outputs)
         if kind in _MOVES:
             # a layout permutation runs as an operator of its own (Vela: a Transpose): what follows it

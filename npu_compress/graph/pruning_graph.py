@@ -292,7 +292,7 @@ def _probe(graph: PruningGraph, model: nn.Module, groups: list[int]) -> Optional
     """None when dropping the last unit of each of ``groups`` gives a pruned model equal to the masked
     one; else what went wrong."""
     from .masks import apply_masks
-    from .surgery import remove_pruned
+    from .surgery import pruned_and_outputs
 
     keep = torch.ones(graph.num_units, dtype=torch.bool)
     for g in groups:
@@ -305,7 +305,7 @@ def _probe(graph: PruningGraph, model: nn.Module, groups: list[int]) -> Optional
     if bool(keep.all()):
         return None
     try:
-        small = remove_pruned(model, graph, keep)
+        _, b = pruned_and_outputs(model, graph, keep)  # the outputs of its own check run
     except TraceError as e:
         return str(e)
     masked = apply_masks(copy.deepcopy(model), graph, keep)
@@ -313,7 +313,6 @@ def _probe(graph: PruningGraph, model: nn.Module, groups: list[int]) -> Optional
     try:
         with torch.no_grad():
             a = [t for t in tree_flatten(masked.eval()(*graph.example_inputs))[0] if isinstance(t, torch.Tensor)]
-            b = [t for t in tree_flatten(small.eval()(*graph.example_inputs))[0] if isinstance(t, torch.Tensor)]
     finally:
         model.train(was)
     for x, y in zip(a, b):

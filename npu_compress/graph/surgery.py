@@ -75,6 +75,11 @@ def _fix_module(mod: nn.Module, fixed: dict[str, int]) -> None:
 
 def remove_pruned(model: nn.Module, graph: PruningGraph, keep: Any) -> nn.Module:
     """A deep copy of ``model`` without the channels of units where ``keep`` is false."""
+    return pruned_and_outputs(model, graph, keep)[0]
+
+
+def pruned_and_outputs(model: nn.Module, graph: PruningGraph, keep: Any) -> tuple[nn.Module, list[torch.Tensor]]:
+    """``remove_pruned`` and the tensors its check run gave on ``graph.example_inputs`` (eval mode)."""
     if graph.structure is not Structure.CHANNEL:
         raise PruningGraphError(f"remove_pruned is for channel units; {graph.structure.value} units keep their "
                                 "shapes (zeroed with apply_masks, packed at export)")
@@ -104,16 +109,15 @@ def remove_pruned(model: nn.Module, graph: PruningGraph, keep: Any) -> nn.Module
         _fix_module(small.get_submodule(path), fixed)
     for path, *_ in graph._channel.norms:  # its statistics now run over the kept channels themselves
         masked_norm.clear(small.get_submodule(path))
-    _check_runs(small, graph, model.training)
-    return small
+    return small, _check_runs(small, graph, model.training)
 
 
-def _check_runs(small: nn.Module, graph: PruningGraph, training: bool) -> None:
+def _check_runs(small: nn.Module, graph: PruningGraph, training: bool) -> list[torch.Tensor]:
     small.eval()
     try:
         with torch.no_grad():
-            out = small(*graph.example_inputs)
-        shapes = [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            out = [t for t in tree_flatten(small(*graph.example_inputs))[0] if isinstance(t, torch.Tensor)]
+        shapes = [tuple(t.shape) for t in out]
     except Exception as exc:  # the model's own code failed on the new shapes
         raise TraceError(f"the pruned model does not run ({type(exc).__name__}: {exc}); its code probably "
                          "hardcodes a channel count that pruning changed") from exc
@@ -121,3 +125,4 @@ def _check_runs(small: nn.Module, graph: PruningGraph, training: bool) -> None:
         small.train(training)
     if shapes != graph.output_shapes:
         raise TraceError(f"the pruned model's outputs have shapes {shapes}, expected {graph.output_shapes}")
+    return out

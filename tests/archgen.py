@@ -2,7 +2,9 @@
 
 ``random_arch(seed)`` returns ``(model, example_input)``: a small CNN (8-24 channels, 8x8 input)
 composed of conv/bn/act, residual add, SE-style gating, concat, chunk, depthwise and grouped
-convs, GroupNorm, LayerNorm / RMSNorm over channels (ConvNeXt blocks, LayerNorm2d), upsampling, transposed conv, an attention block over the pixels, pooling, and
+convs, GroupNorm, LayerNorm / RMSNorm over channels (ConvNeXt blocks, LayerNorm2d), upsampling,
+transposed conv, an attention block over the pixels, EfficientViT's cascaded group attention and
+CSPNet's cross stage (split sizes held in scalar attributes), pooling, and
 one to three outputs (flatten into linear, pooled linear, raw feature map). ``unsupported=True``
 also mixes in ops the analysis does not understand (roll / flip on channels).
 
@@ -102,6 +104,40 @@ class CNBlock(nn.Module):
         return x + (self.pw2(F.gelu(self.pw1(y))) * self.gamma).permute(0, 3, 1, 2)
 
 
+class CascadedAttention(nn.Module):
+    """EfficientViT-m's cascaded group attention: per head, a 1x1 conv makes q, k, v, split by sizes
+    held in *scalar* attributes (``[key_dim, key_dim, val_dim]``); ``q^T @ k`` contracts the key
+    channels, ``v @ attn^T`` carries the value channels, viewed back with ``self.val_dim``."""
+
+    def __init__(self, dim: int, heads: int, key_dim: int, val_dim: int):
+        super().__init__()
+        self.num_heads, self.key_dim, self.val_dim = heads, key_dim, val_dim
+        self.qkvs = nn.ModuleList(nn.Conv2d(dim // heads, 2 * key_dim + val_dim, 1) for _ in range(heads))
+        self.proj = nn.Conv2d(val_dim * heads, dim, 1)
+
+    def forward(self, x):
+        b, _, h, w = x.shape
+        outs = []
+        for head, part in zip(self.qkvs, x.chunk(len(self.qkvs), dim=1)):
+            q, k, v = head(part).split([self.key_dim, self.key_dim, self.val_dim], dim=1)
+            attn = (q.flatten(2).transpose(-2, -1) @ k.flatten(2)).softmax(dim=-1)
+            outs.append((v.flatten(2) @ attn.transpose(-2, -1)).view(b, self.val_dim, h, w))
+        return self.proj(torch.cat(outs, 1))
+
+
+class CrossStage(nn.Module):
+    """CSPNet's cross stage: ``split(self.expand_chs // 2)``, the attribute holding the total."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.expand_chs = 2 * (c // 2)
+        self.exp, self.blk = nn.Conv2d(c, self.expand_chs, 1), nn.Conv2d(c // 2, c // 2, 3, padding=1)
+
+    def forward(self, x):
+        xs, xb = self.exp(x).split(self.expand_chs // 2, dim=1)
+        return torch.cat([xs, self.blk(xb)], 1)
+
+
 class GenNet(nn.Module):
     def __init__(self, program: list[tuple], mods: dict[str, nn.Module], outputs: list[int]):
         super().__init__()
@@ -137,7 +173,7 @@ class GenNet(nn.Module):
             return F.max_pool2d(x, 2) if op[3] == "max" else F.avg_pool2d(x, 2)
         if kind == "up":
             return F.interpolate(x, scale_factor=2, mode=op[3])
-        if kind in ("attn", "gn", "mix", "ln", "cnblock"):
+        if kind in ("attn", "gn", "mix", "ln", "cnblock", "cga", "csp"):
             return m(x)
         if kind == "shuffle":  # ShuffleNet: nn.ChannelShuffle, or its view -> transpose -> reshape spelling
             if op[3] == "module":
@@ -182,7 +218,8 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
     for _ in range(rng.randint(3, 7)):
         c, s = shapes[cur]
         choices = ["conv", "res", "dw", "gconv", "cat", "gate", "glu", "swap", "pool", "up", "attn", "sepattn", "gn",
-                   "convT", "catg", "shuffle", "mix", "ln", "cnblock"] + (["roll", "flip"] if unsupported else [])
+                   "convT", "catg", "shuffle", "mix", "ln", "cnblock", "cga", "csp"] + \
+            (["roll", "flip"] if unsupported else [])
         kind = rng.choice(choices)
         if kind == "conv":
             cur = conv(cur, rng.choice([8, 12, 16, 20, 24]), k=rng.choice([1, 3]))
@@ -233,6 +270,11 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
             cur = add(("ln", f"m{len(program)}", [cur]), (c, s), LayerNorm2d(c))
         elif kind == "cnblock":
             cur = add(("cnblock", f"m{len(program)}", [cur]), (c, s), CNBlock(c, rng.choice(["ln", "ln2d", "rms"])))
+        elif kind == "cga" and c % 2 == 0:  # EfficientViT's cascaded group attention (sizes in scalar attributes)
+            kd = rng.choice([2, 4])
+            cur = add(("cga", f"m{len(program)}", [cur]), (c, s), CascadedAttention(c, 2, kd, rng.choice([kd, 3, 6])))
+        elif kind == "csp" and c >= 2:  # CSPNet's split(self.expand_chs // 2)
+            cur = add(("csp", f"m{len(program)}", [cur]), (2 * (c // 2), s), CrossStage(c))
         elif kind == "convT" and s <= 8:
             cur = add(("convT", f"m{len(program)}", [cur], "relu"), (8, s * 2), nn.ConvTranspose2d(c, 8, 2, 2))
         elif kind in ("roll", "flip"):

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen import Attention, Mixed, SepAttention, max_err
+from archgen import Attention, CascadedAttention, CrossStage, Mixed, SepAttention, max_err
 from npu_compress.graph import ParamSlice, apply_masks, build, remove_pruned, unit_masks
 from npu_compress.hardware.profile import load_profile
 
@@ -368,3 +368,40 @@ def test_groups_the_models_own_code_does_not_survive_are_frozen_with_the_reason(
         keep = torch.rand(graph.num_units, generator=gen) > 0.5
         keep[0] = True
         check_equal(model, graph, keep, x)
+
+
+@pytest.mark.parametrize("val_dim", [6, 4])  # 4: key_dim == val_dim, one value held by two attributes
+def test_split_sizes_held_by_scalar_attributes_and_contracted_key_channels(val_dim):
+    model, x = CascadedAttention(8, 2, 4, val_dim).eval(), torch.randn(1, 8, 3, 3)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    report = graph.report()
+    assert "split sizes" not in report and "matmul" not in report and "breaks the model" not in report
+    # key_dim units (q_j with k_j, tied across heads) and val_dim value units when the sizes differ;
+    # one tied class per position when key_dim == val_dim (proj's outputs are the model's output)
+    assert graph.num_units == (4 + val_dim if val_dim != 4 else 4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(4):
+        keep = torch.rand(graph.num_units, generator=gen) > 0.4
+        for cover in graph.covers:
+            keep[cover[0]] = True
+        keep = graph.check_keep(keep)
+        small = check_equal(model, graph, keep, x)
+        rows = small.qkvs[0].out_channels
+        assert rows == 2 * small.key_dim + small.val_dim and small.qkvs[1].out_channels == rows
+        assert small.proj.in_channels == 2 * small.val_dim
+        assert (small.key_dim, small.val_dim) != (4, val_dim) or bool(keep.all())
+
+
+def test_split_sizes_as_the_total_held_by_an_attribute():
+    model = nn.Sequential(nn.Conv2d(3, 12, 1), CrossStage(12), nn.Conv2d(12, 4, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    assert "split sizes" not in graph.report() and "breaks the model" not in graph.report()
+    # the stem's 12, and the halves of exp's 12 shrink together (position by position); blk's 6 outputs
+    assert graph.num_units == 12 + 6 + 6
+    keep = torch.ones(graph.num_units, dtype=torch.bool)
+    half = next(u for u in range(graph.num_units)
+                if any((s.param, s.dim) == ("1.exp.weight", 0) for s in graph.units[u].slices))
+    keep[half] = False
+    small = check_equal(model, graph, keep, x)[1]
+    assert small.expand_chs == 10 and small.exp.out_channels == 10 and small.blk.in_channels == 5

@@ -56,6 +56,7 @@ class ChannelWalk:
         self.tr = trace
         self.state = ChannelState()
         self.info: dict[str, Any] = {}
+        self._attr_elems: dict[tuple[str, str], np.ndarray] = {}  # (module, attribute) -> what it counts
         self.handlers: dict[str, Callable[[fx.Node], Any]] = {}
         for names, fn in [(UNARY, self.unary), (BINARY, self.binary), (SPATIAL, self.spatial),
                           (REDUCE, self.reduce), (SOFTMAX, self.softmax), (RESHAPE, self.reshape),
@@ -125,9 +126,22 @@ class ChannelWalk:
     def module_of(self, node: fx.Node) -> tuple[str, Optional[nn.Module]]:
         return self.tr.module_of(node)
 
-    def update_attribute(self, path: str, attr: str, ids: np.ndarray) -> None:
-        """After pruning, ``module(path).attr`` (or list entry ``"name[i]"``) = kept channels among ``ids``."""
-        self.state.attr_fixes.append(AttrFix(path, attr, np.asarray(ids, dtype=np.int64).copy()))
+    def update_attribute(self, path: str, attr: str, ids: np.ndarray) -> bool:
+        """After pruning, ``module(path).attr`` (or list entry ``"name[i]"``) = kept channels among ``ids``.
+
+        An attribute holds one value: a second update of the same one (a module run several times, e.g.
+        one attention module looping over its heads) ties its channels to the first's, position by
+        position. False (nothing recorded) when the two counts differ: the caller freezes."""
+        ids = np.asarray(ids, dtype=np.int64).copy()
+        first = self._attr_elems.get((path, attr))
+        if first is not None:
+            if first.size != ids.size:
+                return False
+            self.state.union(first, ids)
+            return True
+        self._attr_elems[(path, attr)] = ids
+        self.state.attr_fixes.append(AttrFix(path, attr, ids))
+        return True
 
     def keep_one(self, ids: np.ndarray) -> None:
         """At least one of these channels must stay."""
@@ -402,14 +416,61 @@ class ChannelWalk:
         parts = ti.split_info(x, k, sizes)
         if k in x.dims:
             attr = self._sizes_attribute(node, sizes) if x.dims == (k,) else None
-            if attr is None:
-                self.freeze(x, node, "split sizes are constants in the model code")
-            else:  # sizes held by the module (MixNet's mixed conv): each segment pruned, the list updated
+            held = self._sizes_scalars(node, sizes) if x.dims == (k,) and attr is None else None
+            if attr is not None:  # sizes held by the module (MixNet's mixed conv): each segment pruned, the list updated
                 path, name = attr
                 for i, part in enumerate(parts):
                     self.update_attribute(path, f"{name}[{i}]", part.ids)
                     self.keep_one(part.ids)
+            elif held is not None:
+                self._split_by_scalars(node, x, parts, *held)
+            else:
+                self.freeze(x, node, "split sizes are constants in the model code")
         return parts
+
+    def _sizes_scalars(self, node: fx.Node, sizes: list[int]
+                       ) -> Optional[tuple[str, list[tuple[str, list[int]]]]]:
+        """Split sizes held by int attributes of the module running ``node``: (module path,
+        [(attribute, the segments whose channels it counts)]). Either every distinct size is the value
+        of exactly one attribute (EfficientViT's ``[key_dim, key_dim, val_dim]``: the attribute counts
+        one of the segments it sizes), or the segments are equal and one attribute holds their total
+        (CSPNet's ``split(self.expand_chs // 2)``: it counts them all). Segments of one size are tied,
+        so where several attributes hold one value all of them are updated alike. None when neither
+        holds. A wrong guess (an attribute equal to a size by chance) cannot slip through: the graph's
+        surgery proof runs the pruned model against the masked one and freezes the groups that break."""
+        path, mod = self.tr.module_of(node)
+        if mod is None or len(sizes) < 2:
+            return None
+        ints = [(k, v) for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int]
+        counts: dict[str, list[int]] = {}
+        for i, size in enumerate(sizes):
+            names = [k for k, v in ints if v == size]
+            if not names:
+                break
+            for k in names:  # equal values (key_dim == val_dim): each counts one segment of that size
+                counts.setdefault(k, [i])
+        else:
+            return path, list(counts.items())
+        total = [k for k, v in ints if v == sum(sizes)]
+        if len(set(sizes)) == 1 and len(total) == 1:
+            return path, [(total[0], list(range(len(sizes))))]
+        return None
+
+    def _split_by_scalars(self, node: fx.Node, x: Info, parts: list[Info], path: str,
+                          held: list[tuple[str, list[int]]]) -> None:
+        """Segments of one size shrink together (tied position by position); each attribute is
+        updated to the kept count of the segments it counts."""
+        for i, size in enumerate(len(p.ids) for p in parts):
+            first = next(j for j, p in enumerate(parts) if len(p.ids) == size)
+            if first != i:
+                self.state.union(parts[first].ids, parts[i].ids)
+        for attr, counted in held:
+            if not self.update_attribute(path, attr, np.concatenate([parts[i].ids for i in counted])):
+                self.freeze(x, node, f"split sizes held by {path or 'the model'}.{attr}, which another "
+                                     "use sizes differently")
+                return
+        for p in parts:
+            self.keep_one(p.ids)
 
     def _sizes_attribute(self, node: fx.Node, sizes: list[int]) -> Optional[tuple[str, str]]:
         """(module path, attribute) of the one list attribute of the module running ``node`` that

@@ -129,7 +129,10 @@ def embedding(walk, node: fx.Node) -> Any:
 
 
 def matmul(walk, node: fx.Node) -> Any:
-    """Only rows of ``a`` or columns of ``b`` pass through; a tracked contracted dim is frozen."""
+    """Rows of ``a`` or columns of ``b`` pass through. A contracted dim tracked in both operands
+    (``q^T @ k`` over an attention's key channels) ties channel j of ``a`` to channel j of ``b``:
+    removing both removes one term of every sum, exactly what zeroing them does. Any other tracked
+    contracted or mixed dim is frozen."""
     a, b = walk.val(node.args[0]), walk.val(node.args[1])
     sa, sb, so = walk.tr.shape(node.args[0]), walk.tr.shape(node.args[1]), walk.tr.shape(node)
     for ref in (a, b):
@@ -144,5 +147,8 @@ def matmul(walk, node: fx.Node) -> Any:
             return Info((len(so) - 2,), a.ids)
         if a is None and b.dims == (len(sb) - 1,):
             return Info((len(so) - 1,), b.ids)
+        if a is not None and b is not None and a.dims == (len(sa) - 1,) and b.dims == (len(sb) - 2,):
+            walk.state.union(a.ids, b.ids)
+            return None  # the output's dims are rows of a and columns of b: no channels left
     walk.freeze([a, b], node, "matmul contracts or mixes channel dims")
     return None

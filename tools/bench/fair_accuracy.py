@@ -126,6 +126,7 @@ def pretrained(setup: Setup, data: Dataset) -> dict[str, Any]:
     if path.is_file():
         return torch.load(path, map_location="cpu", weights_only=True)
     t = TIERS[setup.tier]
+    path.parent.mkdir(parents=True, exist_ok=True)  # a fresh checkout has no work folder yet
     torch.manual_seed(0)
     model = models.create(setup.model, num_classes=data.num_classes)
     cfg = TrainConfig(Epochs(0, 0, t.pretrain_epochs), lr=t.pretrain_lr, batch_size=t.batch, seed=0, progress=False,
@@ -134,7 +135,6 @@ def pretrained(setup: Setup, data: Dataset) -> dict[str, Any]:
     run = train(model, data, cfg)
     payload = {"state_dict": model.state_dict(), "accuracy": run.accuracy, "seconds": time.perf_counter() - t0,
                "cpu_seconds": time.process_time() - c0, "epochs": t.pretrain_epochs}
-    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(payload, path)
     return payload
 

@@ -4,7 +4,8 @@
 composed of conv/bn/act, residual add, SE-style gating, concat, chunk, depthwise and grouped
 convs, GroupNorm, LayerNorm / RMSNorm over channels (ConvNeXt blocks, LayerNorm2d), upsampling,
 transposed conv, an attention block over the pixels, EfficientViT's cascaded group attention and
-CSPNet's cross stage (split sizes held in scalar attributes), pooling, and
+CSPNet's cross stage (split sizes held in scalar attributes), ReXNet's partial residual (a slice at
+an attribute), pooling, and
 one to three outputs (flatten into linear, pooled linear, raw feature map). ``unsupported=True``
 also mixes in ops the analysis does not understand (roll / flip on channels).
 
@@ -138,6 +139,19 @@ class CrossStage(nn.Module):
         return torch.cat([xs, self.blk(xb)], 1)
 
 
+
+class PartialResidual(nn.Module):
+    """ReXNet's block end: the residual adds into the first ``self.in_channels`` channels only."""
+
+    def __init__(self, c: int, extra: int):
+        super().__init__()
+        self.in_channels = c
+        self.conv = nn.Conv2d(c, c + extra, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.conv(x)
+        return torch.cat([y[:, 0:self.in_channels] + x, y[:, self.in_channels:]], dim=1)
+
 class GenNet(nn.Module):
     def __init__(self, program: list[tuple], mods: dict[str, nn.Module], outputs: list[int]):
         super().__init__()
@@ -173,7 +187,7 @@ class GenNet(nn.Module):
             return F.max_pool2d(x, 2) if op[3] == "max" else F.avg_pool2d(x, 2)
         if kind == "up":
             return F.interpolate(x, scale_factor=2, mode=op[3])
-        if kind in ("attn", "gn", "mix", "ln", "cnblock", "cga", "csp"):
+        if kind in ("attn", "gn", "mix", "ln", "cnblock", "cga", "csp", "partial"):
             return m(x)
         if kind == "shuffle":  # ShuffleNet: nn.ChannelShuffle, or its view -> transpose -> reshape spelling
             if op[3] == "module":
@@ -218,7 +232,7 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
     for _ in range(rng.randint(3, 7)):
         c, s = shapes[cur]
         choices = ["conv", "res", "dw", "gconv", "cat", "gate", "glu", "swap", "pool", "up", "attn", "sepattn", "gn",
-                   "convT", "catg", "shuffle", "mix", "ln", "cnblock", "cga", "csp"] + \
+                   "convT", "catg", "shuffle", "mix", "ln", "cnblock", "cga", "csp", "partial"] + \
             (["roll", "flip"] if unsupported else [])
         kind = rng.choice(choices)
         if kind == "conv":
@@ -275,6 +289,9 @@ def random_arch(seed: int, unsupported: bool = False) -> tuple[GenNet, torch.Ten
             cur = add(("cga", f"m{len(program)}", [cur]), (c, s), CascadedAttention(c, 2, kd, rng.choice([kd, 3, 6])))
         elif kind == "csp" and c >= 2:  # CSPNet's split(self.expand_chs // 2)
             cur = add(("csp", f"m{len(program)}", [cur]), (2 * (c // 2), s), CrossStage(c))
+        elif kind == "partial":  # ReXNet's residual into the first in_channels channels (a slice at an attribute)
+            extra = rng.choice([2, 4, 8])
+            cur = add(("partial", f"m{len(program)}", [cur]), (c + extra, s), PartialResidual(c, extra))
         elif kind == "convT" and s <= 8:
             cur = add(("convT", f"m{len(program)}", [cur], "relu"), (8, s * 2), nn.ConvTranspose2d(c, 8, 2, 2))
         elif kind in ("roll", "flip"):

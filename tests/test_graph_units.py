@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archgen import Attention, CascadedAttention, CrossStage, Mixed, SepAttention, max_err
+from archgen import Attention, CascadedAttention, CrossStage, Mixed, PartialResidual, SepAttention, max_err
 from npu_compress.graph import ParamSlice, apply_masks, build, remove_pruned, unit_masks
 from npu_compress.hardware.profile import load_profile
 
@@ -405,3 +405,18 @@ def test_split_sizes_as_the_total_held_by_an_attribute():
     keep[half] = False
     small = check_equal(model, graph, keep, x)[1]
     assert small.expand_chs == 10 and small.exp.out_channels == 10 and small.blk.in_channels == 5
+
+
+def test_slice_at_an_attribute_is_a_split_point():
+    model = nn.Sequential(nn.Conv2d(3, 6, 1), PartialResidual(6, 4), nn.Conv2d(10, 4, 1)).eval()
+    x = torch.randn(1, 3, 4, 4)
+    graph = build(model, (x,), PROFILE, group_size=1)
+    assert "slice" not in graph.report() and "breaks the model" not in graph.report()
+    assert graph.num_units == 6 + 4  # the first 6 tied to the residual's input, the 4 extra on their own
+    keep = torch.ones(graph.num_units, dtype=torch.bool)
+    for u in range(graph.num_units):  # one of the residual's channels and one of the extra ones
+        rows = [s.indices().tolist() for s in graph.units[u].slices if (s.param, s.dim) == ("1.conv.weight", 0)]
+        if rows and rows[0][0] in (1, 7):
+            keep[u] = False
+    small = check_equal(model, graph, keep, x)
+    assert small[1].in_channels == 5 and small[1].conv.out_channels == 8 and small[2].in_channels == 8

@@ -507,9 +507,29 @@ class ChannelWalk:
         else:
             start, stop, step = (arg(node, 2, "start", 0) or 0, arg(node, 3, "end", None), arg(node, 4, "step", 1))
             start, stop, step = slice(start, stop, step).indices(shp[k])
-        self.freeze(x, node, "slice bounds are constants in the model code")
+        if not self._slice_at_attribute(node, x, k, shp[k], start, stop, step):
+            self.freeze(x, node, "slice bounds are constants in the model code")
         ax = x.dims.index(k)
         return Info(x.dims, np.ascontiguousarray(x.ids.take(range(start, stop, step), axis=ax)))
+
+    def _slice_at_attribute(self, node: fx.Node, x: Info, k: int, size: int, start: int, stop: int,
+                            step: int) -> bool:
+        """``x[:, :b]`` or ``x[:, b:]`` with ``b`` an int attribute of the module running the slice
+        (ReXNet's partial residual ``cat([x[:, 0:self.in_channels] + shortcut, x[:, self.in_channels:]])``):
+        a split at ``b``, each side pruned, every attribute holding ``b`` updated to the kept count
+        before it. False (the caller freezes) for any other slice. As for split sizes, an attribute
+        equal to ``b`` by chance is caught by the graph's surgery proof."""
+        if x.dims != (k,) or step != 1 or (start == 0) == (stop == size):
+            return False
+        b = stop if start == 0 else start
+        path, mod = self.tr.module_of(node)
+        names = [] if mod is None else \
+            [a for a, v in vars(mod).items() if not a.startswith("_") and type(v) is int and v == b]
+        if not names or not all(self.update_attribute(path, a, x.ids[:b]) for a in names):
+            return False
+        self.keep_one(x.ids[:b])
+        self.keep_one(x.ids[b:])
+        return True
 
     def select(self, node: fx.Node) -> Any:
         x, shp = self.val(node.args[0]), self.shape(node.args[0])

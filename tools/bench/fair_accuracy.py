@@ -20,6 +20,10 @@ Protocol:
 4. For our methods the test accuracy right before and right after ``finalize()`` is recorded
    (before BatchNorm re-estimation): how much the switch from soft to hard masks costs.
 
+Ablations: ``FAIR_SMART_KNOBS='{"tau_start": 0.5}'`` overrides SMART's knobs and ``FAIR_MASK_LR=0.02``
+the mask optimiser's learning rate; cell names do not carry them, so give each ablation its own
+``--work`` (copy the dense checkpoint into it).
+
 Each cell is a JSON file under ``--work/cells/``; a re-run skips finished cells, and a cell that was
 interrupted resumes from its progress file (``--work/progress/``). Writes the table (markdown) to
 stdout and everything to ``--json``.
@@ -57,6 +61,7 @@ from npu_compress.pruning import CALIBRATION_SAMPLES, run_config  # noqa: E402
 from npu_compress.training import Epochs, TrainConfig, evaluate, train  # noqa: E402
 
 SMART_KNOBS: dict[str, Any] = json.loads(os.environ.get("FAIR_SMART_KNOBS", "{}"))  # ablations: knob -> value
+MASK_LR: float | None = float(os.environ["FAIR_MASK_LR"]) if os.environ.get("FAIR_MASK_LR") else None  # ablations
 ARMS = ("smart", "smart-frozen", "dpm-smart", "hbgts", "magnitude", "taylor", "tp-magnitude", "tp-taylor")
 
 
@@ -173,6 +178,8 @@ def run_cell(setup: Setup, cell: Cell) -> dict[str, Any]:
     progress.parent.mkdir(parents=True, exist_ok=True)
     cfg = TrainConfig(Epochs(0, m_ep, f_ep), lr=t.lr, batch_size=t.batch, seed=cell.seed, progress=False,
                       checkpoint=progress, resume=True)
+    if MASK_LR is not None:
+        cfg = dataclasses.replace(cfg, mask_lr=MASK_LR)
     out: dict[str, Any] = {**asdict(cell), "key": cell.key, "target_s": target, "dense_latency_s": dense_lat}
     t0, c0 = time.perf_counter(), time.process_time()
     if cell.arm.startswith("tp-"):

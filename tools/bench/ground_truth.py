@@ -221,6 +221,42 @@ def make(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     return models.create(name).eval(), x
 
 
+def made_at_budget(name: str, size: int, profile: HardwareProfile, budget: float | None
+                   ) -> tuple[nn.Module, torch.Tensor]:
+    """``make(name, size)``, magnitude-pruned to ``latency=budget%`` of ``profile`` first when given
+    (costs only, no training): the model a breakdown tool (vela_ops.py, ort_ops.py) looks into."""
+    model, x = make(name, size)
+    if budget is not None:
+        model = copy.deepcopy(model)
+        result = get_pruner("magnitude")(model, (x,), profile, f"latency={budget:g}%").finalize()
+        model = remove_pruned(model, result.graph, result.keep).eval()
+    return model, x
+
+
+def layers_by_op(model: nn.Module, x: torch.Tensor, profile: HardwareProfile, unit: float
+                 ) -> tuple[float, dict[str, dict[str, float]]]:
+    """Our ``estimate`` of ``model``: its latency and its layers summed by ``"kind op"`` (count,
+    latency), both in seconds × ``unit`` (the profile's clock for cycles, 1e6 for microseconds)."""
+    cost = estimate(model, (x,), profile)
+    ours: dict[str, dict[str, float]] = {}
+    for layer in cost.layers:
+        row = ours.setdefault(f"{layer.kind} {layer.op}", {"layers": 0, "value": 0.0})
+        row["layers"] += 1
+        row["value"] += layer.latency_s * unit
+    return cost.latency_s * unit, ours
+
+
+def breakdown_args(doc: str, size: int, profile: str) -> argparse.ArgumentParser:
+    """The command line the breakdown tools share: model, --size, --budget, --profile, --json."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("model", help="project zoo name, tv/<torchvision model> or timm/<timm model>")
+    ap.add_argument("--size", type=int, default=size, help="third-party input side")
+    ap.add_argument("--budget", type=float, help="magnitude-prune to latency=B%% first")
+    ap.add_argument("--profile", default=profile)
+    ap.add_argument("--json", help="write the breakdown here")
+    return ap
+
+
 def _rel(a: float, b: float) -> float:
     return abs(a - b) / b
 

@@ -14,8 +14,6 @@ this is for: the profiler's clock is wall time and this machine is shared.
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import json
 import statistics
 import sys
@@ -30,13 +28,10 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _common import machine, write_json  # noqa: E402
-from ground_truth import make  # noqa: E402
+from ground_truth import breakdown_args, layers_by_op, made_at_budget  # noqa: E402
 
 from npu_compress.export.onnx_export import _to_onnx  # noqa: E402
-from npu_compress.graph import remove_pruned  # noqa: E402
-from npu_compress.hardware.cost import estimate  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
-from npu_compress.pruners import get_pruner  # noqa: E402
 
 WARMUP_RUNS = 2
 
@@ -76,20 +71,12 @@ def kernel_times(proto, x: np.ndarray, runs: int) -> dict[str, dict[str, float]]
 
 def breakdown(name: str, size: int, profile_name: str, budget: float | None, runs: int) -> dict:
     profile = load_profile(profile_name)
-    model, x = make(name, size)
-    if budget is not None:
-        model = copy.deepcopy(model)
-        result = get_pruner("magnitude")(model, (x,), profile, f"latency={budget:g}%").finalize()
-        model = remove_pruned(model, result.graph, result.keep).eval()
+    model, x = made_at_budget(name, size, profile, budget)
     ort_ops = kernel_times(_to_onnx(model.eval(), x, 17), x.numpy().astype(np.float32), runs)
-    ours: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    cost = estimate(model, (x,), profile)
-    for layer in cost.layers:
-        row = ours[f"{layer.kind} {layer.op}"]
-        row[0], row[1] = row[0] + 1, row[1] + layer.latency_s * 1e6
+    ours_us, ours = layers_by_op(model, x, profile, 1e6)
     return {"model": name, "budget": budget, "profile": profile_name, "input": list(x.shape), "runs": runs,
-            "ort_kernel_us": sum(v["us"] for v in ort_ops.values()), "ours_us": cost.latency_s * 1e6,
-            "ort": ort_ops, "ours": {k: {"layers": v[0], "us": v[1]} for k, v in ours.items()}}
+            "ort_kernel_us": sum(v["us"] for v in ort_ops.values()), "ours_us": ours_us,
+            "ort": ort_ops, "ours": {k: {"layers": v["layers"], "us": v["value"]} for k, v in ours.items()}}
 
 
 def table(b: dict) -> str:
@@ -107,13 +94,8 @@ def table(b: dict) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="project zoo name, tv/<torchvision model> or timm/<timm model>")
-    ap.add_argument("--size", type=int, default=224, help="third-party input side")
-    ap.add_argument("--budget", type=float, help="magnitude-prune to latency=B%% first")
-    ap.add_argument("--profile", default="ort-cpu")
+    ap = breakdown_args(__doc__, 224, "ort-cpu")
     ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--json", help="write the breakdown here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     b = breakdown(args.model, args.size, args.profile, args.budget, args.runs)

@@ -11,8 +11,6 @@ program order (which adds run with separate Rescales, which transposes surround 
 """
 from __future__ import annotations
 
-import argparse
-import copy
 import sys
 from collections import defaultdict
 from pathlib import Path
@@ -23,36 +21,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 from _common import machine, write_json  # noqa: E402
-from ground_truth import make  # noqa: E402
+from ground_truth import breakdown_args, layers_by_op, made_at_budget  # noqa: E402
 
 from npu_compress.export.ethos_u import vela_estimate  # noqa: E402
-from npu_compress.graph import remove_pruned  # noqa: E402
-from npu_compress.hardware.cost import estimate  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
-from npu_compress.pruners import get_pruner  # noqa: E402
 
 
 def breakdown(name: str, size: int, profile_name: str, budget: float | None) -> dict:
     profile = load_profile(profile_name)
-    model, x = make(name, size)
-    if budget is not None:
-        model = copy.deepcopy(model)
-        result = get_pruner("magnitude")(model, (x,), profile, f"latency={budget:g}%").finalize()
-        model = remove_pruned(model, result.graph, result.keep).eval()
+    model, x = made_at_budget(name, size, profile, budget)
     report = vela_estimate(model, x, profile.toolchain)
     vela: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0])
     for o in report.operators:
         row = vela[o.original]
         row[0], row[1], row[2] = row[0] + 1, row[1] + o.cycles, row[2] + o.npu_cycles
-    ours: dict[str, list[float]] = defaultdict(lambda: [0, 0.0])
-    cost = estimate(model, (x,), profile)
-    for layer in cost.layers:
-        row = ours[f"{layer.kind} {layer.op}"]
-        row[0], row[1] = row[0] + 1, row[1] + layer.latency_s * profile.compute.clock_hz
+    ours_cycles, ours = layers_by_op(model, x, profile, profile.compute.clock_hz)
     return {"model": name, "budget": budget, "profile": profile_name, "input": list(x.shape),
-            "vela_total_cycles": report.total_cycles, "ours_cycles": cost.latency_s * profile.compute.clock_hz,
+            "vela_total_cycles": report.total_cycles, "ours_cycles": ours_cycles,
             "vela": {k: {"ops": v[0], "cycles": v[1], "npu_cycles": v[2]} for k, v in vela.items()},
-            "ours": {k: {"layers": v[0], "cycles": v[1]} for k, v in ours.items()},
+            "ours": {k: {"layers": v["layers"], "cycles": v["value"]} for k, v in ours.items()},
             "sequence": [[o.original, o.cycles, o.npu_cycles, o.name] for o in report.operators]}
 
 
@@ -74,13 +61,8 @@ def table(b: dict, sequence: bool) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("model", help="project zoo name, tv/<torchvision model> or timm/<timm model>")
-    ap.add_argument("--size", type=int, default=96, help="third-party input side")
-    ap.add_argument("--budget", type=float, help="magnitude-prune to latency=B%% first")
-    ap.add_argument("--profile", default="ethos-u55-128")
+    ap = breakdown_args(__doc__, 96, "ethos-u55-128")
     ap.add_argument("--sequence", action="store_true", help="also list Vela's operators in program order")
-    ap.add_argument("--json", help="write the breakdown here")
     args = ap.parse_args()
     torch.set_num_threads(1)
     b = breakdown(args.model, args.size, args.profile, args.budget)

@@ -85,7 +85,7 @@ class SmartConfig(MethodConfig):
     move a unit with a tiny but steady gradient as fast as any); ``calibration``: training inputs the activation
     importance is measured on (the driver gives its training split; not a command-line knob)."""
 
-    tau_start: float = 0.05
+    tau_start: float = 0.5
     tau_end_ratio: float = 1e-3
     relinearize_every: int = 25
     frac_tol: float = 0.01

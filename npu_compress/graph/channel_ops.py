@@ -428,6 +428,13 @@ class ChannelWalk:
                 self.freeze(x, node, "split sizes are constants in the model code")
         return parts
 
+    def _int_attributes(self, node: fx.Node) -> tuple[str, list[tuple[str, int]]]:
+        """(module path, its public int attributes) of the module running ``node`` (none: no module)."""
+        path, mod = self.tr.module_of(node)
+        if mod is None:
+            return path, []
+        return path, [(k, v) for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int]
+
     def _sizes_scalars(self, node: fx.Node, sizes: list[int]
                        ) -> Optional[tuple[str, list[tuple[str, list[int]]]]]:
         """Split sizes held by int attributes of the module running ``node``: (module path,
@@ -438,10 +445,9 @@ class ChannelWalk:
         so where several attributes hold one value all of them are updated alike. None when neither
         holds. A wrong guess (an attribute equal to a size by chance) cannot slip through: the graph's
         surgery proof runs the pruned model against the masked one and freezes the groups that break."""
-        path, mod = self.tr.module_of(node)
-        if mod is None or len(sizes) < 2:
+        path, ints = self._int_attributes(node)
+        if not ints or len(sizes) < 2:
             return None
-        ints = [(k, v) for k, v in vars(mod).items() if not k.startswith("_") and type(v) is int]
         counts: dict[str, list[int]] = {}
         for i, size in enumerate(sizes):
             names = [k for k, v in ints if v == size]
@@ -460,10 +466,11 @@ class ChannelWalk:
                           held: list[tuple[str, list[int]]]) -> None:
         """Segments of one size shrink together (tied position by position); each attribute is
         updated to the kept count of the segments it counts."""
-        for i, size in enumerate(len(p.ids) for p in parts):
-            first = next(j for j, p in enumerate(parts) if len(p.ids) == size)
-            if first != i:
-                self.state.union(parts[first].ids, parts[i].ids)
+        first_of_size: dict[int, Info] = {}
+        for p in parts:
+            first = first_of_size.setdefault(len(p.ids), p)
+            if first is not p:
+                self.state.union(first.ids, p.ids)
         for attr, counted in held:
             if not self.update_attribute(path, attr, np.concatenate([parts[i].ids for i in counted])):
                 self.freeze(x, node, f"split sizes held by {path or 'the model'}.{attr}, which another "
@@ -522,9 +529,8 @@ class ChannelWalk:
         if x.dims != (k,) or step != 1 or (start == 0) == (stop == size):
             return False
         b = stop if start == 0 else start
-        path, mod = self.tr.module_of(node)
-        names = [] if mod is None else \
-            [a for a, v in vars(mod).items() if not a.startswith("_") and type(v) is int and v == b]
+        path, ints = self._int_attributes(node)
+        names = [a for a, v in ints if v == b]
         if not names or not all(self.update_attribute(path, a, x.ids[:b]) for a in names):
             return False
         self.keep_one(x.ids[:b])

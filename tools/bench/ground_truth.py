@@ -221,16 +221,22 @@ def make(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     return models.create(name).eval(), x
 
 
+def magnitude_pruned(dense: nn.Module, x: torch.Tensor, profile: HardwareProfile, budget: float
+                     ) -> tuple[Any, Any, nn.Module]:
+    """A copy of ``dense`` magnitude-pruned to ``latency=budget%`` under ``profile`` (costs only, no
+    training): (the pruner, its result, the physically pruned model in eval mode)."""
+    model = copy.deepcopy(dense)
+    pruner = get_pruner("magnitude")(model, (x,), profile, f"latency={budget:g}%")
+    result = pruner.finalize()
+    return pruner, result, remove_pruned(model, result.graph, result.keep).eval()
+
+
 def made_at_budget(name: str, size: int, profile: HardwareProfile, budget: float | None
                    ) -> tuple[nn.Module, torch.Tensor]:
-    """``make(name, size)``, magnitude-pruned to ``latency=budget%`` of ``profile`` first when given
-    (costs only, no training): the model a breakdown tool (vela_ops.py, ort_ops.py) looks into."""
+    """``make(name, size)``, magnitude-pruned to ``latency=budget%`` of ``profile`` first when given:
+    the model a breakdown tool (vela_ops.py, ort_ops.py) looks into."""
     model, x = make(name, size)
-    if budget is not None:
-        model = copy.deepcopy(model)
-        result = get_pruner("magnitude")(model, (x,), profile, f"latency={budget:g}%").finalize()
-        model = remove_pruned(model, result.graph, result.keep).eval()
-    return model, x
+    return (model if budget is None else magnitude_pruned(model, x, profile, budget)[2]), x
 
 
 def layers_by_op(model: nn.Module, x: torch.Tensor, profile: HardwareProfile, unit: float
@@ -284,11 +290,8 @@ def _skip(name: str, what: str, e: BaseException) -> dict[str, str]:
 def _pruned(name: str, label: str, prof: HardwareProfile, b: float, dense: nn.Module, x: torch.Tensor,
             dense_row: dict[str, Any]) -> tuple[dict[str, Any], nn.Module]:
     """(row without the judge's figures, the physically pruned model) at ``latency=b%`` under ``prof``."""
-    model = copy.deepcopy(dense)
-    pruner = get_pruner("magnitude")(model, (x,), prof, f"latency={b:g}%")
+    pruner, result, small = magnitude_pruned(dense, x, prof, b)
     dense_row.setdefault("predict_vs_estimate", _rel(pruner.dense.latency_s, dense_row["predicted_s"]))
-    result = pruner.finalize()
-    small = remove_pruned(model, result.graph, result.keep).eval()
     est = estimate(small, x, prof).latency_s
     return ({"model": name, "variant": label, "budget": b, "predicted_s": result.predicted.latency_s,
              "predict_vs_estimate": _rel(result.predicted.latency_s, est), "budget_by_ours": result.achieved_ratio},

@@ -31,6 +31,7 @@ from _common import machine, write_json  # noqa: E402
 from ground_truth import breakdown_args, layers_by_op, made_at_budget  # noqa: E402
 
 from npu_compress.export.onnx_export import _to_onnx  # noqa: E402
+from npu_compress.errors import NpuCompressError  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
 
 WARMUP_RUNS = 2
@@ -98,7 +99,10 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20)
     args = ap.parse_args()
     torch.set_num_threads(1)
-    b = breakdown(args.model, args.size, args.profile, args.budget, args.runs)
+    try:
+        b = breakdown(args.model, args.size, args.profile, args.budget, args.runs)
+    except NpuCompressError as e:  # an infeasible budget, an unknown profile: one line, exit 2
+        ap.exit(2, f"{ap.prog}: {e}\n")
     print(table(b))
     if args.json:
         write_json(args.json, {"machine": machine(), **b})

@@ -24,6 +24,7 @@ from _common import machine, write_json  # noqa: E402
 from ground_truth import breakdown_args, layers_by_op, made_at_budget  # noqa: E402
 
 from npu_compress.export.ethos_u import vela_estimate  # noqa: E402
+from npu_compress.errors import NpuCompressError  # noqa: E402
 from npu_compress.hardware.profile import load_profile  # noqa: E402
 
 
@@ -65,7 +66,10 @@ def main() -> None:
     ap.add_argument("--sequence", action="store_true", help="also list Vela's operators in program order")
     args = ap.parse_args()
     torch.set_num_threads(1)
-    b = breakdown(args.model, args.size, args.profile, args.budget)
+    try:
+        b = breakdown(args.model, args.size, args.profile, args.budget)
+    except NpuCompressError as e:  # an infeasible budget, an unknown profile: one line, exit 2
+        ap.exit(2, f"{ap.prog}: {e}\n")
     print(table(b, args.sequence))
     if args.json:
         write_json(args.json, {"machine": machine(), **b})

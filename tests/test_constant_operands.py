@@ -215,3 +215,89 @@ def test_depthwise_steps_follow_velas():
         vela[c] = op.cycles
         assert _dw_cycles(c, profile) == pytest.approx(op.cycles, rel=0.12)
     assert vela[33] == vela[40] > vela[32]
+
+
+class GhostConcat(nn.Module):
+    """GhostNet's module: cat([x1, cheap(x1)]): x1 is read by the cheap op too, so the concat copies it."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.primary, self.cheap = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 3, padding=1, groups=c)
+
+    def forward(self, x):
+        x1 = torch.relu(self.primary(x))
+        return torch.cat((x1, torch.relu(self.cheap(x1))), dim=1)
+
+
+def test_a_concat_input_another_op_also_reads_is_copied():
+    ghost = next(s for s in trace_layers(GhostConcat(16).eval(), (torch.randn(1, 16, 8, 8),)) if s.op == "cat")
+    assert ghost.copied
+    ethos = load_profile("ethos-u55-128")
+    assert _cat(GhostConcat(16), (1, 16, 8, 8), ethos).latency_s > 0
+
+
+@needs_extra
+def test_velas_ghost_concat_runs_a_copy():
+    from npu_compress.export.ethos_u import vela_estimate
+
+    profile = load_profile("ethos-u55-128")
+    report = vela_estimate(GhostConcat(16).eval(), torch.randn(1, 16, 16, 16), profile.toolchain)
+    assert [o for o in report.operators if o.original == "Concat"]
+
+
+class ResidualThen(nn.Module):
+    """A residual add between 1x1 convs, then ``tail`` reads it: what layout the add writes depends on
+    its readers (Vela: NHCWB16 bricks of 16 channels, or NHWC)."""
+
+    def __init__(self, c: int, tail: str):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(c, c, 1), nn.Conv2d(c, c, 1)
+        self.conv3 = nn.Conv2d(c, c, 3, padding=1)
+        self.strided1 = nn.Conv2d(c, c, 1, stride=2)
+        self.tail = tail
+
+    def forward(self, x):
+        x = self.a(x)
+        y = torch.relu(self.b(x)) + x
+        if self.tail == "conv3":
+            return self.conv3(y)
+        if self.tail == "strided1x1":
+            return self.strided1(y)
+        if self.tail == "mean":
+            return y.mean((2, 3))
+        return y  # "output"
+
+
+def _add_cycles(c, tail, profile, hw=16):
+    (add,) = [x for x in _layers(ResidualThen(c, tail), (1, c, hw, hw), profile) if x.op == "add"]
+    return add.latency_s * profile.compute.clock_hz
+
+
+def test_an_add_kept_in_bricks_pays_for_its_channels_padded_to_16():
+    ethos = load_profile("ethos-u55-128")
+    assert ethos.tiling.brick_depth == 16
+    # read by a 3x3 conv: bricks; 8 channels cost what 16 do, 24 what 32 do
+    assert _add_cycles(8, "conv3", ethos) == pytest.approx(_add_cycles(16, "conv3", ethos), rel=1e-3)
+    assert _add_cycles(24, "conv3", ethos) == pytest.approx(_add_cycles(32, "conv3", ethos), rel=1e-3)
+    assert _add_cycles(24, "conv3", ethos) > 1.9 * _add_cycles(16, "conv3", ethos)
+    # written for the model's output, a strided 1x1 conv or a global mean: NHWC, every channel counts
+    for tail in ("output", "strided1x1", "mean"):
+        assert _add_cycles(8, tail, ethos) == pytest.approx(_add_cycles(16, tail, ethos) / 2, rel=0.01), tail
+    ort = load_profile("ort-cpu")  # no bricks on a CPU
+    assert ort.tiling.brick_depth == 0
+    assert _add_cycles(8, "conv3", ort) < _add_cycles(16, "conv3", ort)
+
+
+@needs_extra
+@pytest.mark.parametrize("name", ["ethos-u55-128", "ethos-u65-512"])
+def test_velas_add_cycles_follow_the_brick_rule(name):
+    """Vela's Add cycles, at channel counts pruning produces, equal ours within the elementwise fit's error:
+    padded where the add writes bricks, not where it writes NHWC."""
+    from npu_compress.export.ethos_u import vela_estimate
+
+    profile = load_profile(name)
+    for c, tail in ((8, "conv3"), (24, "conv3"), (8, "strided1x1"), (24, "output")):
+        torch.manual_seed(0)
+        report = vela_estimate(ResidualThen(c, tail).eval(), torch.randn(1, c, 16, 16), profile.toolchain)
+        (vela,) = [o.cycles for o in report.operators if o.original == "Add"]
+        assert _add_cycles(c, tail, profile) == pytest.approx(vela, rel=0.15), (c, tail)

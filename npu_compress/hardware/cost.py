@@ -241,10 +241,15 @@ def constant_read_cycles(spec: LayerSpec, profile: HardwareProfile) -> float:
 
 def _written_elems(spec: LayerSpec, profile: HardwareProfile) -> float:
     """Output elements a layer pays per-element costs for: a depthwise conv's channels padded to
-    ``[tiling] depthwise_out_granule`` (Vela: a depthwise conv costs the same at 33 and 40 channels)."""
+    ``[tiling] depthwise_out_granule`` (Vela: a depthwise conv costs the same at 33 and 40 channels); an
+    elementwise op whose output stays in channel bricks, its channels padded to ``[tiling] brick_depth``
+    (Vela: a residual add of 8 channels costs what one of 16 does, unless it writes NHWC)."""
     granule = profile.tiling.depthwise_out_granule
     if spec.depthwise and granule and spec.c_out:
         return spec.out_elems * _pad(spec.c_out, granule) / spec.c_out
+    brick = profile.tiling.brick_depth
+    if spec.brick_out and brick and spec.c_out and spec.kind == OpKind.ELEMENTWISE:
+        return spec.out_elems * _pad(spec.c_out, brick) / spec.c_out
     return spec.out_elems
 
 
@@ -282,7 +287,7 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
         if spec.kind == OpKind.ATTENTION:  # softmax over the L x S scores on the vector unit
             t_compute += spec.spatial * spec.extra / (profile.compute.vector_ops_per_cycle * clock)
     else:
-        elems = spec.in_elems if spec.kind == OpKind.POOL else spec.out_elems
+        elems = spec.in_elems if spec.kind == OpKind.POOL else _written_elems(spec, profile)
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
     t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * _written_elems(spec, profile) / clock)
     runs = _runs(spec, profile)  # each run reads all the weights and pays the per-op overhead

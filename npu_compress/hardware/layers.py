@@ -48,8 +48,12 @@ class LayerSpec:
     # per-channel scale or shift, a layer scale); after a conv it folds into it like an activation
     const_operand: bool = False
     # a concat with an input no op writes right before it (a split or slice of another tensor, a model
-    # input, a parameter): it cannot be assembled in place, every input is copied (Vela: Concat ops)
+    # input, a parameter) or that another op also reads: it cannot be assembled in place, every input
+    # is copied (Vela: Concat ops)
     copied: bool = False
+    # an elementwise op whose 4-D output may stay in the NPU's channel-brick layout (Vela's NHCWB16):
+    # every reader takes that layout, and it is not a model output (see :func:`_brick_outputs`)
+    brick_out: bool = False
 
     @property
     def weight_count(self) -> int:
@@ -156,8 +160,53 @@ _FOLDABLE_NORMS = BATCH_NORM - {"instance_norm"}  # folds into a preceding conv 
 _MOVES = (OpKind.VIEW, OpKind.MOVE)  # pass their input's fusion tag along (but a join writes a new tensor)
 
 
+def _readers(records: list[OpRecord]) -> dict[str, list[OpRecord]]:
+    """Tensor id -> the records that read it as an activation, in execution order."""
+    readers: dict[str, list[OpRecord]] = {}
+    for rec in records:
+        for t in rec.activations:
+            readers.setdefault(t.id, []).append(rec)
+    return readers
+
+
+def _brick_outputs(records: list[OpRecord], readers: dict[str, list[OpRecord]]) -> set[str]:
+    """Ids of 4-D tensors an NPU compiler can keep in its channel-brick layout (Vela: NHCWB16, 16
+    channels deep) because every reader takes that layout: a conv other than a strided 1x1 (Vela
+    reads its input in NHWC with a stride), a pool whose output stays 4-D (a global mean down to 2-D is
+    a ReduceSum, read in NHWC), an elementwise op or a norm (whatever layout it writes), and a reshape
+    that changes nothing and whose own output stays in bricks. A model output, a permute, a concat, a view that reshapes, a linear, a matmul:
+    NHWC. Measured with Vela 5.1.0 (tests/test_constant_operands.py)."""
+    final = {t.id for t in records[-1].outputs} if records else set()
+    bricks: set[str] = set()
+
+    def takes_bricks(rec: OpRecord) -> bool:
+        out = rec.outputs[0] if rec.outputs else None
+        if out is None:
+            return False
+        kind = rec.kind
+        if kind == OpKind.CONV:
+            spec = _conv_spec(rec, dict(name="", op=rec.op, kind=kind, in_shape=(), out_shape=()))
+            return not (spec.kernel == 1 and spec.stride > 1)
+        if kind == OpKind.POOL:
+            return len(out.shape) == 4
+        if kind in (OpKind.ELEMENTWISE, OpKind.NORM):  # reads bricks whatever layout it writes
+            return True
+        if kind == OpKind.VIEW:
+            return out.id in bricks and out.shape == rec.activations[0].shape
+        return False
+
+    for rec in reversed(records):  # readers run after writers: decide each tensor after its readers
+        for t in rec.outputs:
+            users = readers.get(t.id, [])
+            if len(t.shape) == 4 and t.id not in final and users and all(takes_bricks(u) for u in users):
+                bricks.add(t.id)
+    return bricks
+
+
 def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
     """Costed layers in execution order, with fusion into preceding MAC-array ops decided."""
+    readers = _readers(records)
+    bricks = _brick_outputs(records, readers)
     producer: dict[str, Stage] = {}  # tensor id -> what produced it (through views)
     written: set[str] = set()  # tensors an op wrote (or whole views of them): a concat can take them in place
     layers: list[LayerSpec] = []
@@ -174,7 +223,10 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
             if kind == OpKind.MOVE:  # costed by the profile's "move" class (free by default)
                 spec = spec_from_record(rec)
                 if rec.op in JOIN:
-                    spec = dataclasses.replace(spec, copied=any(t.id not in written for t in rec.inputs))
+                    # an input some other op also reads cannot live in the concat's buffer (Vela:
+                    # GhostNet's cat([x1, cheap(x1)]) runs a Concat copy)
+                    spec = dataclasses.replace(spec, copied=any(
+                        t.id not in written or len(readers.get(t.id, ())) > 1 for t in rec.inputs))
                 layers.append(spec)
         else:
             src = producer.get(acts[0].id) if len(acts) == 1 else None
@@ -183,6 +235,8 @@ def layers_from_records(records: list[OpRecord]) -> list[LayerSpec]:
             fused = (rec.op in _FOLDABLE_NORMS and src in (Stage.MAC, Stage.FUSED)) or \
                     (kind == OpKind.ELEMENTWISE and src in (Stage.MAC, Stage.FUSED, Stage.ELEMENTWISE))
             spec = spec_from_record(rec, fused=fused)
+            if kind == OpKind.ELEMENTWISE and rec.outputs and rec.outputs[0].id in bricks:
+                spec = dataclasses.replace(spec, brick_out=True)
             if fused and kind == OpKind.ELEMENTWISE:  # whether it is free is the profile's call ([fusion])
                 spec = dataclasses.replace(spec, fused_into=Stage.ELEMENTWISE if src is Stage.ELEMENTWISE else Stage.MAC)
             layers.append(spec)

@@ -80,6 +80,9 @@ class Tiling:
     # a depthwise conv writes its outputs in blocks of this many channels: its per-output cost
     # (``elem_cycles``) counts the channels padded to it (0: not padded)
     depthwise_out_granule: int = key(0, min=0)
+    # an elementwise op whose output stays in the chip's channel-brick layout (``LayerSpec.brick_out``)
+    # pays its per-element cost for its channels padded to this (0: not modelled)
+    brick_depth: int = key(0, min=0)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -392,8 +392,11 @@ def table(judge: str, rows: list[dict[str, Any]], summ: list[dict[str, Any]], sk
 # ---------------------------------------------------------------- cache and driver
 
 def variants(profile: str, baseline: str | None) -> dict[str, HardwareProfile]:
-    """The baseline (a given TOML, or the profile without [efficiency]) and the profile as judged."""
+    """The baseline (a given TOML, or the profile without [efficiency]; ``none``: no baseline) and the
+    profile as judged."""
     judged = load_profile(profile)
+    if baseline == "none":  # half the compiles: the profile alone, compared with a table run before
+        return {"profile": judged}
     base = load_profile(baseline) if baseline else dataclasses.replace(judged, efficiency=Efficiency())
     return {"baseline": base, "profile": judged}
 
@@ -441,7 +444,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--judge", choices=["vela", "ort", "both"], default="vela")
     ap.add_argument("--profile", help="the profile judged, for a single --judge (name or TOML)")
     ap.add_argument("--baseline", help="a profile TOML judged beside it, for a single --judge "
-                                       "(default: --profile without [efficiency])")
+                                       "(default: --profile without [efficiency]; 'none': the profile alone)")
     ap.add_argument("--vela-profile", default="ethos-u55-128")
     ap.add_argument("--vela-baseline")
     ap.add_argument("--ort-profile", default="ort-cpu")

@@ -113,7 +113,25 @@ class ShuffleUnit(nn.Module):
         return self.head(y.mean((2, 3)))
 
 
-PATTERNS = [AutocastOff, LayerScaleAfterPermute, ConvNeXtBlock, LinearAttention, HandWrittenLinear, ShuffleUnit]
+class FireInPlace(nn.Module):
+    """SqueezeNet's Fire module as torchvision writes it: in-place ReLUs (the dispatch trace sees one tensor
+    rewritten, torch.export two), two expand convs into a concat, then a residual add kept in bricks."""
+
+    def __init__(self, c=32):
+        super().__init__()
+        self.stem, self.squeeze = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c // 4, 1)
+        self.e1, self.e3 = nn.Conv2d(c // 4, c // 2, 1), nn.Conv2d(c // 4, c // 2, 3, padding=1)
+        self.relu, self.tail = nn.ReLU(inplace=True), nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        s = self.relu(self.squeeze(x))
+        y = torch.cat((self.relu(self.e1(s)), self.relu(self.e3(s))), dim=1)
+        return self.tail(y + x)
+
+
+PATTERNS = [AutocastOff, LayerScaleAfterPermute, ConvNeXtBlock, LinearAttention, HandWrittenLinear, ShuffleUnit,
+            FireInPlace]
 
 
 def _priced_moves(name="ethos-u55-128", priced=True):

@@ -164,8 +164,10 @@ def _readers(records: list[OpRecord]) -> dict[str, list[OpRecord]]:
     """Tensor id -> the records that read it as an activation, in execution order."""
     readers: dict[str, list[OpRecord]] = {}
     for rec in records:
+        rewritten = {t.id for t in rec.outputs}
         for t in rec.activations:
-            readers.setdefault(t.id, []).append(rec)
+            if t.id not in rewritten:  # an in-place op (relu_) is the tensor's writer: later ops read it
+                readers.setdefault(t.id, []).append(rec)
     return readers
 
 

@@ -7,14 +7,16 @@
         [--budgets 70 50] [--vela-size 96] [--ort-size 224] [--json PATH] [--resume]
 
 Models: the project zoo (at its own input sizes) and third-party architectures from torchvision
-(``tv/``) and timm (``timm/``, see ``zoo.py``), random weights: a judge's latency depends on shapes,
-not values (except Vela's lossless weight compression, which random weights bias towards
-incompressible). Third-party models run at ``--ort-size`` (224) for onnxruntime and ``--vela-size``
+(``tv/``) and timm (``timm/``, see ``zoo.py``), random weights with batch-norm statistics settled on
+random inputs (:func:`settle_norms`): a judge's latency depends on shapes, not values (except Vela's
+lossless weight compression, which random weights bias towards incompressible, and Vela's lowering of
+a residual add, which needs Rescale operators when its inputs' int8 scales differ by 10^4 or more, as
+they do in a deep network whose norms keep their initial statistics). Third-party models run at ``--ort-size`` (224) for onnxruntime and ``--vela-size``
 (96) for Vela, whose compile of a 224x224 network takes too long here; a Vela compile longer than
 ``--vela-cap-s`` is abandoned and the export recorded as skipped.
 
 For each judge and each profile variant — the profile judged and a baseline (a given TOML, or the
-profile without ``[efficiency]``) — the dense model and magnitude-pruned copies at ``latency=B%``
+profile without ``[efficiency]``; ``--baseline none``: no baseline) — the dense model and magnitude-pruned copies at ``latency=B%``
 (pruned under that variant's own cost model, no training: costs only) are measured:
 
 - ``vela``: compiled for the profile's accelerator through ExecuTorch's Arm backend and Vela

@@ -201,8 +201,10 @@ def _respec(spec: LayerSpec, base: _Costed, i: int, shapes: dict[str, tuple[int,
         return TensorMeta(t.id, shapes.get(t.id, t.shape), t.param)
 
     new = OpRecord(rec.op, rec.module, tuple(re(t) for t in rec.inputs), tuple(re(t) for t in rec.outputs), rec.args)
-    # what layers_from_records decided from the op's neighbours stays: fusion's stage, a concat's copy
-    return dataclasses.replace(spec_from_record(new, fused=spec.fused), fused_into=spec.fused_into, copied=spec.copied)
+    # what layers_from_records decided from the op's neighbours stays: fusion's stage, a concat's copy,
+    # the layout an elementwise op writes
+    return dataclasses.replace(spec_from_record(new, fused=spec.fused), fused_into=spec.fused_into, copied=spec.copied,
+                               brick_out=spec.brick_out)
 
 
 def _weight_unit_costs(graph: Any, profile: HardwareProfile, kind: BudgetKind, keep: torch.Tensor) -> torch.Tensor:

@@ -130,8 +130,27 @@ class FireInPlace(nn.Module):
         return self.tail(y + x)
 
 
+class BasicBlockInPlace(nn.Module):
+    """torchvision's ResNet block: ``out += identity`` and an in-place ReLU, then a downsampling stage
+    (a strided 1x1 conv reads the block's output, which is then NHWC on Ethos-U, not bricks)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.stem, self.conv = nn.Conv2d(3, c, 3, padding=1), nn.Conv2d(c, c, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.down, self.conv_s2 = nn.Conv2d(c, 2 * c, 1, stride=2), nn.Conv2d(c, 2 * c, 3, stride=2, padding=1)
+        self.head = nn.Conv2d(2 * c, 4, 1)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        out = self.conv(x)
+        out += x
+        out = self.relu(out)
+        return self.head(self.down(out) + self.conv_s2(out))
+
+
 PATTERNS = [AutocastOff, LayerScaleAfterPermute, ConvNeXtBlock, LinearAttention, HandWrittenLinear, ShuffleUnit,
-            FireInPlace]
+            FireInPlace, BasicBlockInPlace]
 
 
 def _priced_moves(name="ethos-u55-128", priced=True):

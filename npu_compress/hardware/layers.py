@@ -175,8 +175,9 @@ def _brick_outputs(records: list[OpRecord], readers: dict[str, list[OpRecord]]) 
     """Ids of 4-D tensors an NPU compiler can keep in its channel-brick layout (Vela: NHCWB16, 16
     channels deep) because every reader takes that layout: a conv other than a strided 1x1 (Vela
     reads its input in NHWC with a stride), a pool whose output stays 4-D (a global mean down to 2-D is
-    a ReduceSum, read in NHWC), an elementwise op or a norm (whatever layout it writes), and a reshape
-    that changes nothing and whose own output stays in bricks. A model output, a permute, a concat, a view that reshapes, a linear, a matmul:
+    a ReduceSum, read in NHWC), a binary elementwise op or a norm (whatever layout it writes), and a
+    unary elementwise op (an activation, fused into the op before it) or a reshape that changes nothing
+    whose own output stays in bricks. A model output, a permute, a concat, a view that reshapes, a linear, a matmul:
     NHWC. Measured with Vela 5.1.0 (tests/test_constant_operands.py)."""
     final = {t.id for t in records[-1].outputs} if records else set()
     bricks: set[str] = set()
@@ -191,6 +192,8 @@ def _brick_outputs(records: list[OpRecord], readers: dict[str, list[OpRecord]]) 
             return not (spec.kernel == 1 and spec.stride > 1)
         if kind == OpKind.POOL:
             return len(out.shape) == 4
+        if kind == OpKind.ELEMENTWISE and len(rec.activations) == 1:
+            return out.id in bricks  # a unary op (an activation) runs in its input's op: what it writes counts
         if kind in (OpKind.ELEMENTWISE, OpKind.NORM):  # reads bricks whatever layout it writes
             return True
         if kind == OpKind.VIEW:

@@ -115,9 +115,10 @@ class TrainResult:
 
 
 @torch.no_grad()
-def recalibrate_norms(model: nn.Module, loader, batches: int) -> int:
+def recalibrate_norms(model: nn.Module, loader, batches: int, norms_only: bool = False) -> int:
     """Re-estimate every BatchNorm's running statistics on up to ``batches`` batches of ``loader``
-    (train-mode forwards, no gradient, a cumulative average); returns the batches used.
+    (train-mode forwards, no gradient, a cumulative average); returns the batches used. With
+    ``norms_only`` only the norms run in train mode (dropout and stochastic depth stay off).
 
     ``finalize()`` turns the soft mask into the hard one: the kept units' masks jump to 1, so every
     norm downstream sees other activations than those its statistics were tracked on (accuracy
@@ -131,7 +132,11 @@ def recalibrate_norms(model: nn.Module, loader, batches: int) -> int:
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches seen
     was = model.training
-    model.train()
+    if norms_only:
+        for m in norms:
+            m.train()
+    else:
+        model.train()
     used = 0
     try:
         for x, _ in loader:

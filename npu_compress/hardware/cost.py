@@ -282,14 +282,15 @@ def layer_cost(spec: LayerSpec, profile: HardwareProfile, fmt: WeightFormat = DE
                          0.0, 0.0, 0.0, Bound.FUSED if fused else Bound.FREE)
     act_bytes = (spec.in_elems + spec.out_elems) * profile.compute.dtype.bytes
     spilled = act_bytes if act_bytes > profile.memory.sram_bytes else 0
+    written = _written_elems(spec, profile)
     if spec.kind.uses_mac_array:
         t_compute = macs_pad / profile.peak_macs_per_s
         if spec.kind == OpKind.ATTENTION:  # softmax over the L x S scores on the vector unit
             t_compute += spec.spatial * spec.extra / (profile.compute.vector_ops_per_cycle * clock)
     else:
-        elems = spec.in_elems if spec.kind == OpKind.POOL else _written_elems(spec, profile)
+        elems = spec.in_elems if spec.kind == OpKind.POOL else written
         t_compute = elems * _VECTOR_PASSES.get(spec.kind, 1) / (profile.compute.vector_ops_per_cycle * clock)
-    t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * _written_elems(spec, profile) / clock)
+    t_compute = max(eff.compute_scale * t_compute, eff.elem_cycles * written / clock)
     runs = _runs(spec, profile)  # each run reads all the weights and pays the per-op overhead
     t_memory = (runs * wbytes + spilled) / profile.memory.dram_bandwidth_bytes_per_s
     if cls == "scale":

@@ -177,8 +177,8 @@ def _brick_outputs(records: list[OpRecord], readers: dict[str, list[OpRecord]]) 
     reads its input in NHWC with a stride), a pool whose output stays 4-D (a global mean down to 2-D is
     a ReduceSum, read in NHWC), a binary elementwise op or a norm (whatever layout it writes), and a
     unary elementwise op (an activation, fused into the op before it) or a reshape that changes nothing
-    whose own output stays in bricks. A model output, a permute, a concat, a view that reshapes, a linear, a matmul:
-    NHWC. Measured with Vela 5.1.0 (tests/test_constant_operands.py)."""
+    whose own output stays in bricks. A model output, a permute, a concat, a view that reshapes, a
+    linear, a matmul: NHWC. Measured with Vela 5.1.0 (tests/test_constant_operands.py)."""
     final = {t.id for t in records[-1].outputs} if records else set()
     bricks: set[str] = set()
 

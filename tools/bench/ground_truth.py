@@ -11,13 +11,13 @@ Models: the project zoo (at its own input sizes) and third-party architectures f
 random inputs (:func:`settle_norms`): a judge's latency depends on shapes, not values (except Vela's
 lossless weight compression, which random weights bias towards incompressible, and Vela's lowering of
 a residual add, which needs Rescale operators when its inputs' int8 scales differ by 10^4 or more, as
-they do in a deep network whose norms keep their initial statistics). Third-party models run at ``--ort-size`` (224) for onnxruntime and ``--vela-size``
-(96) for Vela, whose compile of a 224x224 network takes too long here; a Vela compile longer than
+they do in a deep network whose norms keep their initial statistics). Third-party models run at
+``--ort-size`` (224) for onnxruntime and ``--vela-size`` (96) for Vela, whose compile of a 224x224 network takes too long here; a Vela compile longer than
 ``--vela-cap-s`` is abandoned and the export recorded as skipped.
 
 For each judge and each profile variant — the profile judged and a baseline (a given TOML, or the
-profile without ``[efficiency]``; ``--baseline none``: no baseline) — the dense model and magnitude-pruned copies at ``latency=B%``
-(pruned under that variant's own cost model, no training: costs only) are measured:
+profile without ``[efficiency]``; ``--baseline none``: no baseline) — the dense model and
+magnitude-pruned copies at ``latency=B%`` (pruned under that variant's own cost model, no training: costs only) are measured:
 
 - ``vela``: compiled for the profile's accelerator through ExecuTorch's Arm backend and Vela
   (``vela_estimate``), Vela's total cycles at the judged profile's clock;
@@ -62,6 +62,7 @@ from npu_compress import models  # noqa: E402
 from npu_compress.graph import remove_pruned  # noqa: E402
 from npu_compress.hardware.calibrate import mape, net_run_seconds, spearman  # noqa: E402
 from npu_compress.hardware.cost import estimate  # noqa: E402
+from npu_compress.training import recalibrate_norms  # noqa: E402
 from npu_compress.hardware.profile import Efficiency, HardwareProfile, load_profile  # noqa: E402
 from npu_compress.pruners import get_pruner  # noqa: E402
 
@@ -233,17 +234,9 @@ def settle_norms(model: nn.Module, x: torch.Tensor, batches: int = 4, batch_size
     runs the add as an Add plus Rescale operators (measured: a random-weight MobileNetV2 runs 24 of
     them; with its statistics settled, none). Costs are shapes; this keeps Vela's lowering shaped like
     a deployed model's."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return model
     gen = torch.Generator().manual_seed(1)
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # a cumulative average over the batches
-        m.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            model(torch.randn((batch_size, *x.shape[1:]), generator=gen))
+    loader = [(torch.randn((batch_size, *x.shape[1:]), generator=gen), None) for _ in range(batches)]
+    recalibrate_norms(model, loader, batches, norms_only=True)
     return model.eval()
 
 
